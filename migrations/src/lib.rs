@@ -1,0 +1,16 @@
+//! authd's database schema, one file per migration. Run by `authd migrate` and at every
+//! `authd serve` start; applied migrations are recorded in `seaql_migrations`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_tables;
+
+/// Every migration of authd, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_create_tables::Migration)]
+    }
+}

@@ -1,0 +1,51 @@
+//! The domain's one error type. `grpc::status` maps each variant to a gRPC status and an
+//! ErrorInfo reason in one exhaustive match.
+
+use crate::store::StoreError;
+
+/// Why an authentication operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// INVALID_ARGUMENT: a request field is empty, too long or malformed.
+    #[error("{field}: {problem}")]
+    InvalidArgument {
+        /// The request field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// UNAUTHENTICATED (INVALID_CREDENTIALS): wrong password, unknown email or disabled user;
+    /// deliberately one case so the answer reveals nothing about which.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// UNAUTHENTICATED (TOKEN_INVALID): an access token that is malformed, forged, signed with
+    /// another key or algorithm, or not an access token at all.
+    #[error("invalid access token")]
+    AccessTokenInvalid,
+    /// UNAUTHENTICATED (TOKEN_EXPIRED): an access token past its `exp` (or before its `nbf`).
+    #[error("access token expired")]
+    AccessTokenExpired,
+    /// UNAUTHENTICATED (SESSION_REVOKED): the token's session was logged out, revoked after a
+    /// reuse, or its user disabled.
+    #[error("session revoked")]
+    SessionRevoked,
+    /// FAILED_PRECONDITION-free CLI case: a new user's email is already registered.
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    /// UNAVAILABLE: the database is unreachable or busy; retrying later may succeed.
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] StoreError),
+    /// INTERNAL: a bug or a broken dependency; details are logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable(err),
+            StoreError::EmailTaken => Self::EmailTaken,
+            StoreError::Database(_) => Self::Internal(Box::new(err)),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Refresh tokens: 256 random bits, base64url, opaque. Not JWTs and signed by nothing, so
+//! they share no secret with access tokens. Only their SHA-256 is ever stored.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::AuthError;
+
+/// A raw refresh token. `Debug` never prints it.
+#[derive(Debug)]
+pub struct RefreshToken(SecretString);
+
+impl RefreshToken {
+    /// A fresh token from the operating system's random source.
+    pub fn generate() -> Result<Self, AuthError> {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes).map_err(|e| AuthError::Internal(Box::new(e)))?;
+        Ok(Self(URL_SAFE_NO_PAD.encode(bytes).into()))
+    }
+
+    /// The SHA-256 under which the token is stored and looked up. A fast hash suffices: the
+    /// token has 256 bits of entropy, so there is nothing to brute-force.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.0.expose_secret().as_bytes()).into()
+    }
+
+    /// The raw token, to put in a response.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_43_base64url_chars_and_distinct() {
+        let (a, b) = (
+            RefreshToken::generate().unwrap(),
+            RefreshToken::generate().unwrap(),
+        );
+        assert_eq!(a.expose().len(), 43);
+        assert!(
+            a.expose()
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a.expose(), b.expose());
+        assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn debug_does_not_print_the_token() {
+        let token = RefreshToken::generate().unwrap();
+        assert!(!format!("{token:?}").contains(token.expose()));
+    }
+}

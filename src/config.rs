@@ -1,0 +1,294 @@
+//! Every setting of authd, read from `AUTH_*` environment variables (and `.env`) once at
+//! start-up, typed and validated. Nothing else in the crate reads the environment.
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+/// Where `AUTH_DATABASE_URL` points when it is not set: an SQLite file created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/authd.db?mode=rwc";
+
+/// A setting that could not be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with its value.
+    pub problem: String,
+}
+
+/// All of authd's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `AUTH_LISTEN`: the gRPC listen address. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `AUTH_DATABASE_URL`: `sqlite://PATH?mode=rwc` or `postgres://USER@HOST/DB`.
+    pub database_url: String,
+    /// `AUTH_DB_MAX_CONNECTIONS`: the size of the connection pool.
+    pub db_max_connections: u32,
+    /// `AUTH_DB_ACQUIRE_TIMEOUT`: how long a call waits for a pooled connection before it
+    /// answers UNAVAILABLE.
+    pub db_acquire_timeout: Duration,
+    /// `AUTH_SQLITE_BUSY_TIMEOUT`: how long SQLite waits for another writer's lock.
+    pub sqlite_busy_timeout: Duration,
+    /// `AUTH_SIGNING_KEY_FILE`: Ed25519 private key (PKCS#8 PEM) that signs access tokens.
+    /// Unset: a key is generated on first start and kept beside the SQLite database.
+    pub signing_key_file: Option<PathBuf>,
+    /// `AUTH_ISSUER`: the `iss` claim written and required.
+    pub issuer: String,
+    /// `AUTH_AUDIENCE`: the `aud` claim written and required.
+    pub audience: String,
+    /// `AUTH_ACCESS_TOKEN_TTL`: lifetime of an access token.
+    pub access_token_ttl: Duration,
+    /// `AUTH_REFRESH_TOKEN_TTL`: lifetime of a refresh token.
+    pub refresh_token_ttl: Duration,
+    /// `AUTH_JWT_LEEWAY`: clock skew tolerated on `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// `AUTH_ARGON2_*`: cost of password hashing.
+    pub argon2: Argon2Settings,
+    /// `AUTH_PASSWORD_HASH_CONCURRENCY`: how many password hashes run at once; more wait.
+    pub password_hash_concurrency: usize,
+    /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Argon2id cost parameters. The defaults are OWASP's recommendation (19 MiB, 2 passes, 1 lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Settings {
+    /// `AUTH_ARGON2_MEMORY_KIB`: memory per hash, in KiB.
+    pub memory_kib: u32,
+    /// `AUTH_ARGON2_ITERATIONS`: passes over that memory.
+    pub iterations: u32,
+    /// `AUTH_ARGON2_PARALLELISM`: lanes.
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `.env` (if present) and the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is reported by the values it leaves unset.
+        let _ = dotenvy::dotenv();
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Builds the configuration from `(name, value)` pairs; variables not named `AUTH_*` are
+    /// ignored.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars = Vars(
+            vars.into_iter()
+                .filter(|(k, _)| k.starts_with("AUTH_"))
+                .collect(),
+        );
+        let argon2 = Argon2Settings {
+            memory_kib: vars.number("AUTH_ARGON2_MEMORY_KIB", 19 * 1024, 8..=4 * 1024 * 1024)?,
+            iterations: vars.number("AUTH_ARGON2_ITERATIONS", 2, 1..=64)?,
+            parallelism: vars.number("AUTH_ARGON2_PARALLELISM", 1, 1..=64)?,
+        };
+        if argon2.memory_kib < 8 * argon2.parallelism {
+            return Err(ConfigError {
+                variable: "AUTH_ARGON2_MEMORY_KIB",
+                problem: "must be at least 8 KiB per lane of AUTH_ARGON2_PARALLELISM".into(),
+            });
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = Self {
+            listen: vars.parsed("AUTH_LISTEN", "127.0.0.1:50051")?,
+            database_url: vars.text("AUTH_DATABASE_URL", DEFAULT_DATABASE_URL)?,
+            db_max_connections: vars.number("AUTH_DB_MAX_CONNECTIONS", 10, 1..=1000)?,
+            db_acquire_timeout: vars.duration("AUTH_DB_ACQUIRE_TIMEOUT", "3s")?,
+            sqlite_busy_timeout: vars.duration("AUTH_SQLITE_BUSY_TIMEOUT", "2s")?,
+            signing_key_file: vars.0.get("AUTH_SIGNING_KEY_FILE").map(PathBuf::from),
+            issuer: vars.text("AUTH_ISSUER", "authd")?,
+            audience: vars.text("AUTH_AUDIENCE", "internal-services")?,
+            access_token_ttl: vars.duration("AUTH_ACCESS_TOKEN_TTL", "15m")?,
+            refresh_token_ttl: vars.duration("AUTH_REFRESH_TOKEN_TTL", "7d")?,
+            jwt_leeway: vars.duration_allowing_zero("AUTH_JWT_LEEWAY", "0s")?,
+            argon2,
+            password_hash_concurrency: vars.number(
+                "AUTH_PASSWORD_HASH_CONCURRENCY",
+                cores,
+                1..=1024,
+            )?,
+            shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
+        };
+        if !config.database_url.starts_with("sqlite:")
+            && !config.database_url.starts_with("postgres://")
+            && !config.database_url.starts_with("postgresql://")
+        {
+            return Err(ConfigError {
+                variable: "AUTH_DATABASE_URL",
+                problem: "must start with sqlite: or postgres://".into(),
+            });
+        }
+        if config.access_token_ttl.as_secs() == 0 || config.refresh_token_ttl.as_secs() == 0 {
+            let variable = if config.access_token_ttl.as_secs() == 0 {
+                "AUTH_ACCESS_TOKEN_TTL"
+            } else {
+                "AUTH_REFRESH_TOKEN_TTL"
+            };
+            return Err(ConfigError {
+                variable,
+                problem: "must be at least one second (tokens carry whole seconds)".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Whether the database is SQLite (the embedded default).
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+/// The `AUTH_*` variables, with typed accessors that name the variable on error.
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    fn raw<'a>(&'a self, name: &'static str, default: &'a str) -> &'a str {
+        self.0.get(name).map_or(default, |v| v.trim())
+    }
+
+    fn text(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.raw(name, default);
+        if value.is_empty() {
+            return Err(error(name, "must not be empty"));
+        }
+        Ok(value.to_owned())
+    }
+
+    fn parsed<T>(&self, name: &'static str, default: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.raw(name, default)
+            .parse()
+            .map_err(|e| error(name, format!("{e}")))
+    }
+
+    fn number<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let value = match self.0.get(name) {
+            None => default,
+            Some(v) => v.trim().parse().map_err(|e| error(name, format!("{e}")))?,
+        };
+        if !range.contains(&value) {
+            return Err(error(
+                name,
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn duration_allowing_zero(
+        &self,
+        name: &'static str,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(self.raw(name, default))
+            .map_err(|e| error(name, format!("{e} (write durations like 15m, 7d, 500ms)")))
+    }
+
+    fn duration(&self, name: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        let value = self.duration_allowing_zero(name, default)?;
+        if value.is_zero() {
+            return Err(error(name, "must be longer than zero"));
+        }
+        Ok(value)
+    }
+}
+
+fn error(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(c.refresh_token_ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.jwt_leeway, Duration::ZERO);
+        assert_eq!(c.argon2, Argon2Settings::default());
+        assert!(c.signing_key_file.is_none());
+    }
+
+    #[test]
+    fn human_durations_are_read() {
+        let c = config(&[
+            ("AUTH_ACCESS_TOKEN_TTL", "90s"),
+            ("AUTH_REFRESH_TOKEN_TTL", "2d 3h"),
+        ])
+        .unwrap();
+        assert_eq!(c.access_token_ttl, Duration::from_secs(90));
+        assert_eq!(
+            c.refresh_token_ttl,
+            Duration::from_secs(2 * 86400 + 3 * 3600)
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_variable() {
+        let e = config(&[("AUTH_ACCESS_TOKEN_TTL", "soon")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_ACCESS_TOKEN_TTL");
+        assert!(e.to_string().starts_with("AUTH_ACCESS_TOKEN_TTL: "), "{e}");
+    }
+
+    #[test]
+    fn a_sub_second_token_lifetime_is_refused() {
+        let e = config(&[("AUTH_REFRESH_TOKEN_TTL", "500ms")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_REFRESH_TOKEN_TTL");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        let e = config(&[("AUTH_DB_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_DB_MAX_CONNECTIONS");
+        let e = config(&[("AUTH_ARGON2_MEMORY_KIB", "lots")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_ARGON2_MEMORY_KIB");
+    }
+
+    #[test]
+    fn unknown_database_schemes_are_refused() {
+        let e = config(&[("AUTH_DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_DATABASE_URL");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_refused() {
+        let e = config(&[("AUTH_LISTEN", "localhost")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_LISTEN");
+    }
+}

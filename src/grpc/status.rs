@@ -1,0 +1,43 @@
+//! The one place where domain errors become gRPC statuses, each with a `google.rpc.ErrorInfo`
+//! (domain `authd`) whose reason clients can switch on.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::auth::AuthError;
+
+/// The ErrorInfo domain of every authd error.
+pub const ERROR_DOMAIN: &str = "authd";
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        // Exhaustive on purpose: a new variant must choose its status here.
+        let (code, reason) = match &err {
+            AuthError::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            AuthError::InvalidCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
+            AuthError::AccessTokenInvalid => (Code::Unauthenticated, "TOKEN_INVALID"),
+            AuthError::AccessTokenExpired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
+            AuthError::SessionRevoked => (Code::Unauthenticated, "SESSION_REVOKED"),
+            AuthError::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
+            AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
+        };
+        if matches!(code, Code::Unavailable | Code::Internal) {
+            tracing::error!(error = %error_chain(&err), "request failed");
+        }
+        let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+        Status::with_error_details(code, err.to_string(), details)
+    }
+}
+
+/// `err` and its sources, joined: the whole story in one log field.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

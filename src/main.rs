@@ -1,0 +1,158 @@
+//! The `authd` command: serve (the default), migrate, and user administration.
+
+use std::{
+    io::{BufRead as _, IsTerminal as _},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, bail};
+use authd::{
+    auth::{Email, Password, PasswordHasher, UserAdmin},
+    config::Config,
+    server::{self, Application},
+};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// gRPC authentication service. Settings come from AUTH_* environment variables and `.env`.
+#[derive(Debug, Parser)]
+#[command(name = "authd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate the database and serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user. The password (8 to 1024 bytes) is prompted for on a terminal.
+    Add {
+        /// The user's email address.
+        email: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user: their next login fails.
+    Disable {
+        /// The user's email address.
+        email: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace.
+            eprintln!("authd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_env().context("invalid configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            server::connect_and_migrate(&config).await?;
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::User(command) => {
+            let store = server::connect_and_migrate(&config).await?;
+            let hasher = PasswordHasher::new(config.argon2, 1)?;
+            let admin = UserAdmin::new(store, hasher);
+            match command {
+                UserCommand::Add {
+                    email,
+                    password_stdin,
+                } => {
+                    let email = Email::parse(&email)?;
+                    let password = Password::parse_new(read_password(password_stdin)?)?;
+                    let id = admin.add_user(email.clone(), password).await?;
+                    println!("added {} ({id})", email.as_str());
+                }
+                UserCommand::Disable { email } => {
+                    let email = Email::parse(&email)?;
+                    if !admin.disable_user(email.clone()).await? {
+                        bail!("no user with email {}", email.as_str());
+                    }
+                    println!("disabled {}", email.as_str());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("while reading the password from standard input")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "standard input is not a terminal: pass --password-stdin to read the password from it"
+        );
+    }
+    let password =
+        rpassword::prompt_password("Password: ").context("while reading the password")?;
+    let again = rpassword::prompt_password("Repeat: ").context("while reading the password")?;
+    if password != again {
+        bail!("the passwords differ");
+    }
+    Ok(password)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C; only SIGTERM stops the server");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        () = interrupt => {}
+    }
+}

@@ -1,0 +1,137 @@
+//! Assembles the gRPC server: AuthService, health and reflection, and the shutdown sequence.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    auth::{Authenticator, PasswordHasher, TokenKeys, load_or_generate_key},
+    config::Config,
+    grpc::AuthGrpc,
+    proto::{self, auth_service_server::AuthServiceServer},
+    store::{self, Store},
+};
+
+/// The gRPC service name that health checks name besides "".
+pub const SERVICE_NAME: &str = "auth.v1.AuthService";
+
+/// A migrated, keyed and bound server, ready to run.
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    store: Store,
+    auth: Arc<Authenticator>,
+}
+
+impl Application {
+    /// Connects and migrates the database, loads (or generates) the signing key and binds the
+    /// listener. Every failure here names what it was doing.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = connect_and_migrate(&config).await?;
+        let keys = load_token_keys(&config)?;
+        let hasher = PasswordHasher::new(config.argon2, config.password_hash_concurrency)
+            .context("while preparing the password hasher")?;
+        let auth = Arc::new(Authenticator::new(&config, store.clone(), keys, hasher));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("while binding AUTH_LISTEN={}", config.listen))?;
+        Ok(Self {
+            config,
+            listener,
+            store,
+            auth,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` completes, then turns health NOT_SERVING, stops accepting, lets
+    /// in-flight calls finish for at most `AUTH_SHUTDOWN_GRACE`, and closes the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("while building reflection v1")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("while building reflection v1alpha")?;
+
+        let address = self.local_addr()?;
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal_health = health.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            set_health(&signal_health, ServingStatus::NotServing).await;
+            let _ = draining_tx.send(());
+        };
+
+        let serve = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(AuthServiceServer::new(AuthGrpc::new(self.auth)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        tracing::info!(%address, "listening");
+
+        let grace = self.config.shutdown_grace;
+        tokio::select! {
+            served = serve => served.context("while serving")?,
+            () = async {
+                if draining_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => tracing::warn!(?grace, "in-flight calls still running after the grace period; exiting"),
+        }
+        self.store
+            .close()
+            .await
+            .context("while closing the database pool")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Connects to the database and applies pending migrations.
+pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(config)
+        .await
+        .context("while connecting to AUTH_DATABASE_URL")?;
+    store
+        .migrate()
+        .await
+        .context("while migrating the database")?;
+    Ok(store)
+}
+
+fn load_token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
+    let generated_path =
+        store::sqlite_file(&config.database_url).map(|db| db.with_file_name("signing_key.pem"));
+    let pem = load_or_generate_key(
+        config.signing_key_file.as_deref(),
+        generated_path.as_deref(),
+    )
+    .context("while loading the signing key (AUTH_SIGNING_KEY_FILE)")?;
+    TokenKeys::from_pem(&pem, &config.issuer, &config.audience, config.jwt_leeway)
+        .map_err(|e| anyhow::anyhow!("while loading the signing key: {e}"))
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}

@@ -1,0 +1,294 @@
+//! Storage: the SeaORM entities and the few queries the domain needs, nothing more.
+//! The store knows nothing of gRPC; it takes and returns plain values and entity models.
+
+pub mod entity;
+
+use std::{path::PathBuf, str::FromStr};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, RuntimeErr, SqlErr, TransactionTrait,
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use crate::config::Config;
+use entity::{refresh_token, session, user};
+
+/// A storage failure, classified once so the domain can answer UNAVAILABLE or INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached, or was too busy (pool exhausted, SQLite locked,
+    /// PostgreSQL connection lost): worth retrying.
+    #[error("database unavailable")]
+    Unavailable(#[source] DbErr),
+    /// A user with that email already exists.
+    #[error("email already registered")]
+    EmailTaken,
+    /// Anything else: a bug or a broken schema.
+    #[error("database error")]
+    Database(#[source] DbErr),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(err: DbErr) -> Self {
+        if is_transient(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+/// Whether an error means "try again later" rather than "this is broken".
+fn is_transient(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    let runtime = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+        _ => return false,
+    };
+    let RuntimeErr::SqlxError(sqlx) = runtime else {
+        return false;
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_)
+        | Sqlx::Tls(_)
+        | Sqlx::Protocol(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed => true,
+        Sqlx::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // SQLite: primary codes BUSY (5) and LOCKED (6), also as extended codes
+            // (code + 256 * n). PostgreSQL: connection exceptions (08), insufficient resources
+            // (53), operator intervention such as a shutdown (57), serialisation and deadlock
+            // failures (40001, 40P01).
+            match code.parse::<u32>() {
+                Ok(n)
+                    if db
+                        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                        .is_some() =>
+                {
+                    matches!(n & 0xff, 5 | 6)
+                }
+                _ => {
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57")
+                        || code == "40001"
+                        || code == "40P01"
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The current time at the precision every backend keeps (microseconds), so a value
+/// written and read back compares equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A session to create at login, with its first refresh token.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The session's id, also the `sid` claim.
+    pub session_id: Uuid,
+    /// Whose session it is.
+    pub user_id: Uuid,
+    /// When the login happened.
+    pub created_at: DateTime<Utc>,
+    /// The session's end.
+    pub expires_at: DateTime<Utc>,
+    /// SHA-256 of the first refresh token.
+    pub token_hash: [u8; 32],
+    /// When the first refresh token expires.
+    pub token_expires_at: DateTime<Utc>,
+}
+
+/// The database connection pool and the queries authd runs.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects (creating the SQLite file and its folder if needed); does not migrate.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        let sqlite_folder = sqlite_file(&config.database_url)
+            .and_then(|path| path.parent().map(PathBuf::from))
+            .filter(|folder| !folder.as_os_str().is_empty());
+        if let Some(folder) = sqlite_folder {
+            std::fs::create_dir_all(&folder).map_err(|e| {
+                StoreError::Unavailable(DbErr::Conn(RuntimeErr::Internal(format!(
+                    "cannot create {}: {e}",
+                    folder.display()
+                ))))
+            })?;
+        }
+        let mut options = ConnectOptions::new(config.database_url.clone());
+        let busy_timeout = config.sqlite_busy_timeout;
+        options
+            .max_connections(config.db_max_connections)
+            .min_connections(0)
+            .acquire_timeout(config.db_acquire_timeout)
+            .connect_timeout(config.db_acquire_timeout)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(move |opts| {
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a committed rotation survives power loss too, not only a crash.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(busy_timeout)
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(options).await?;
+        Ok(Self { db })
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await?;
+        Ok(())
+    }
+
+    /// The user with this (normalised) email.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<user::Model>, StoreError> {
+        Ok(user::Entity::find()
+            .filter(user::Column::Email.eq(email))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Adds a user; [`StoreError::EmailTaken`] if the email exists.
+    #[tracing::instrument(skip(self, password_hash), level = "debug")]
+    pub async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<user::Model, StoreError> {
+        let now = now();
+        let model = user::Model {
+            id: Uuid::new_v4(),
+            email: email.to_owned(),
+            password_hash: password_hash.to_owned(),
+            disabled_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let active = user::ActiveModel {
+            id: Set(model.id),
+            email: Set(model.email.clone()),
+            password_hash: Set(model.password_hash.clone()),
+            disabled_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        match user::Entity::insert(active)
+            .exec_without_returning(&self.db)
+            .await
+        {
+            Ok(_) => Ok(model),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(StoreError::EmailTaken)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Marks a user disabled; `None` if no user has that email.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn disable_user(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
+        let Some(user) = self.user_by_email(email).await? else {
+            return Ok(None);
+        };
+        let now = now();
+        user::Entity::update_many()
+            .col_expr(user::Column::DisabledAt, now.into())
+            .col_expr(user::Column::UpdatedAt, now.into())
+            .filter(user::Column::Id.eq(user.id))
+            .filter(user::Column::DisabledAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(Some(user.id))
+    }
+
+    /// Creates a session and its first refresh token, both or neither.
+    #[tracing::instrument(skip_all, fields(session_id = %new.session_id), level = "debug")]
+    pub async fn create_session(&self, new: &NewSession) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        session::Entity::insert(session::ActiveModel {
+            id: Set(new.session_id),
+            user_id: Set(new.user_id),
+            created_at: Set(new.created_at),
+            expires_at: Set(new.expires_at),
+            last_refreshed_at: Set(new.created_at),
+            revoked_at: Set(None),
+            revoked_reason: Set(None),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        insert_refresh_token(
+            &txn,
+            new.session_id,
+            None,
+            &new.token_hash,
+            new.created_at,
+            new.token_expires_at,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_refresh_token(
+    db: &impl ConnectionTrait,
+    session_id: Uuid,
+    parent_id: Option<Uuid>,
+    token_hash: &[u8; 32],
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<Uuid, DbErr> {
+    let id = Uuid::new_v4();
+    refresh_token::Entity::insert(refresh_token::ActiveModel {
+        id: Set(id),
+        session_id: Set(session_id),
+        parent_id: Set(parent_id),
+        token_hash: Set(token_hash.to_vec()),
+        created_at: Set(created_at),
+        expires_at: Set(expires_at),
+        used_at: Set(None),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(id)
+}
+
+/// The database file of an SQLite URL; `None` for PostgreSQL and in-memory SQLite.
+pub fn sqlite_file(database_url: &str) -> Option<PathBuf> {
+    if !database_url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(database_url).ok()?;
+    let path = options.get_filename();
+    let in_memory = path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:");
+    (!in_memory).then(|| path.to_path_buf())
+}

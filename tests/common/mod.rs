@@ -1,0 +1,236 @@
+//! Shared test support: a real authd per test on a free loopback port, a fresh database per
+//! test on SQLite or PostgreSQL, and a real tonic client. Logs only with `TEST_LOG=1`.
+#![allow(dead_code)] // each test binary uses its own part of this module
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod postgres;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
+
+use authd::{
+    auth::{Email, Password, PasswordHasher, UserAdmin},
+    config::Config,
+    proto::{LoginRequest, LoginResponse, auth_service_client::AuthServiceClient},
+    server::{self, Application},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::StatusExt as _;
+
+pub use postgres::TestDatabase;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Backend)` of the calling module as two tests, one per backend:
+/// `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Sqlite).await
+            })+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::Backend::Postgres).await
+            })+
+        }
+    };
+}
+
+/// The password every test user gets unless a test says otherwise.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Cheap argon2 settings for tests; one test keeps the production ones.
+pub const FAST_ARGON2: [(&str, &str); 2] = [
+    ("AUTH_ARGON2_MEMORY_KIB", "256"),
+    ("AUTH_ARGON2_ITERATIONS", "1"),
+];
+
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("info,authd=debug")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// The settings of a test server: loopback port 0, the test's database, fast argon2, and
+/// whatever the test adds (later pairs win).
+pub fn settings(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("AUTH_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("AUTH_DATABASE_URL".to_owned(), db.url().to_owned()),
+    ];
+    if let Some(key) = db.key_file() {
+        vars.push((
+            "AUTH_SIGNING_KEY_FILE".to_owned(),
+            key.display().to_string(),
+        ));
+    }
+    vars.extend(
+        FAST_ARGON2
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    vars
+}
+
+/// A running in-process authd with its database and a connected client.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: AuthServiceClient<Channel>,
+    pub config: Config,
+    pub db: TestDatabase,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// A server on a fresh database of `backend` with default settings.
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// A server on a fresh database of `backend`, with extra settings.
+    pub async fn spawn_with(backend: Backend, extra: &[(&str, &str)]) -> Self {
+        let db = TestDatabase::create(backend).await;
+        Self::spawn_on(db, extra).await
+    }
+
+    /// A server on an existing test database (to restart on the same data).
+    pub async fn spawn_on(db: TestDatabase, extra: &[(&str, &str)]) -> Self {
+        init_logs();
+        let config = Config::from_vars(settings(&db, extra)).expect("test settings are valid");
+        let app = Application::build(config.clone())
+            .await
+            .expect("server starts");
+        let addr = app.local_addr().expect("bound address");
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = signal.await;
+        }));
+        let client = connect(addr).await;
+        Self {
+            addr,
+            client,
+            config,
+            db,
+            shutdown,
+            server,
+        }
+    }
+
+    /// Shuts the server down gracefully and hands back its database.
+    pub async fn stop(self) -> TestDatabase {
+        let _ = self.shutdown.send(());
+        self.server
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+        self.db
+    }
+
+    /// Adds a user directly through the domain, as `authd user add` would.
+    pub async fn add_user(&self, email: &str, password: &str) {
+        let store = server::connect_and_migrate(&self.config)
+            .await
+            .expect("store");
+        let hasher = PasswordHasher::new(self.config.argon2, 1).expect("hasher");
+        UserAdmin::new(store, hasher)
+            .add_user(
+                Email::parse(email).unwrap(),
+                Password::parse_new(password.into()).unwrap(),
+            )
+            .await
+            .expect("user added");
+    }
+
+    /// Disables a user directly through the domain, as `authd user disable` would.
+    pub async fn disable_user(&self, email: &str) {
+        let store = server::connect_and_migrate(&self.config)
+            .await
+            .expect("store");
+        let hasher = PasswordHasher::new(self.config.argon2, 1).expect("hasher");
+        let found = UserAdmin::new(store, hasher)
+            .disable_user(Email::parse(email).unwrap())
+            .await
+            .expect("user disabled");
+        assert!(found, "no user {email}");
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
+        self.client
+            .clone()
+            .login(LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Adds `email` with [`PASSWORD`] and logs in.
+    pub async fn user_with_session(&self, email: &str) -> LoginResponse {
+        self.add_user(email, PASSWORD).await;
+        self.login(email, PASSWORD).await.expect("login succeeds")
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> AuthServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("client connects");
+    AuthServiceClient::new(channel)
+}
+
+/// Asserts a status's code and its ErrorInfo reason (domain `authd`).
+#[track_caller]
+pub fn assert_status(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "authd");
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The authd binary built for this test run.
+pub fn authd_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_authd"))
+}
