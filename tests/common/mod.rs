@@ -4,6 +4,7 @@
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod postgres;
+pub mod process;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
 

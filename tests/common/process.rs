@@ -1,0 +1,104 @@
+//! The real `authd` binary as a child process: for the CLI, start-up failures, signals and
+//! tests that need several server processes on one database.
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::SocketAddr,
+    process::{Output, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    process::{Child, Command},
+};
+
+use super::{TestDatabase, authd_binary, eventually, settings};
+
+/// A command for the authd binary with the test database's settings (and nothing from the
+/// developer's environment or `.env`), run in a temporary folder.
+pub fn authd_command(db: &TestDatabase, extra: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(authd_binary());
+    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("AUTH_")) {
+        command.env_remove(name);
+    }
+    command
+        .envs(settings(db, extra))
+        .env("RUST_LOG", "info")
+        .current_dir(std::env::temp_dir())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `authd ARGS` to completion with `stdin` as its input.
+pub async fn run_authd(db: &TestDatabase, args: &[&str], stdin: &str) -> Output {
+    let mut child = authd_command(db, &[])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("authd starts");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("authd finishes within a minute")
+        .expect("authd output")
+}
+
+/// `authd serve` running as a child process.
+pub struct AuthdProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Everything the process logged so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl AuthdProcess {
+    /// Starts `authd serve` and waits until it listens.
+    pub async fn spawn(db: &TestDatabase, extra: &[(&str, &str)]) -> Self {
+        let mut child = authd_command(db, extra)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("authd starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let sink = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = eventually(Duration::from_secs(30), "authd to listen", || {
+            let log = Arc::clone(&log);
+            async move {
+                let log = log.lock().unwrap();
+                let (_, rest) = log.split_once("listening address=")?;
+                rest.split_whitespace().next()?.parse().ok()
+            }
+        })
+        .await;
+        Self { child, addr, log }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("process is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+}

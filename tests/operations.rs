@@ -1,0 +1,203 @@
+//! What operators and orchestrators see: health, reflection, restarts, start-up errors, signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{os::unix::fs::PermissionsExt as _, time::Duration};
+
+use authd::proto::ValidateRequest;
+use common::{Backend, TestApp, TestDatabase, process::AuthdProcess, process::authd_command};
+use tokio_stream::StreamExt as _;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+on_both_backends!(
+    health_is_serving_for_the_server_and_the_service,
+    reflection_lists_and_describes_the_service,
+    a_restart_keeps_the_signing_key,
+    sigterm_drains_and_exits_cleanly,
+);
+
+async fn channel(app: &TestApp) -> Channel {
+    Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health_is_serving_for_the_server_and_the_service(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut health = HealthClient::new(channel(&app).await);
+    for service in ["", "auth.v1.AuthService"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service:?}: {e:?}"))
+            .into_inner();
+        assert_eq!(
+            response.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+async fn reflection_lists_and_describes_the_service(backend: Backend) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let app = TestApp::spawn(backend).await;
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel(&app).await);
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"auth.v1.AuthService"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // grpcurl before 1.9 speaks only v1alpha; `describe` asks for the file of a symbol.
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "auth.v1.AuthService".into(),
+            ),
+        ),
+    };
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&app).await);
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        response.message_response
+    else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+async fn a_restart_keeps_the_signing_key(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let login = app.user_with_session("alice@example.com").await;
+    let db = app.stop().await;
+    let key_before = db.signing_key_pem();
+    if let Some(dir) = db.sqlite_dir() {
+        let mode = std::fs::metadata(dir.join("signing_key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "generated key must be private to its owner"
+        );
+    }
+
+    let app = TestApp::spawn_on(db, &[]).await;
+    let validated = app
+        .client
+        .clone()
+        .validate(ValidateRequest {
+            access_token: login.access_token,
+        })
+        .await
+        .expect("a token issued before the restart still validates")
+        .into_inner();
+    assert_eq!(validated.session_id, login.session_id);
+    assert_eq!(app.db.signing_key_pem(), key_before);
+}
+
+async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    let mut server = AuthdProcess::spawn(&db, &[]).await;
+    server.terminate();
+    let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
+        .await
+        .expect("authd exits after SIGTERM")
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        server.log.lock().unwrap()
+    );
+    assert!(server.log.lock().unwrap().contains("NOT_SERVING"));
+}
+
+/// Start-up refuses bad settings with a message that names the setting.
+mod refuses_to_start {
+    use super::*;
+
+    async fn start_failure(extra: &[(&str, &str)]) -> String {
+        let db = TestDatabase::create(Backend::Sqlite).await;
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            authd_command(&db, extra).arg("serve").output(),
+        )
+        .await
+        .expect("authd gives up within a minute")
+        .unwrap();
+        assert!(!output.status.success(), "authd started with {extra:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    #[tokio::test]
+    async fn with_a_missing_key_file() {
+        let stderr = start_failure(&[("AUTH_SIGNING_KEY_FILE", "/nonexistent/key.pem")]).await;
+        assert!(stderr.contains("AUTH_SIGNING_KEY_FILE"), "{stderr}");
+        assert!(stderr.contains("/nonexistent/key.pem"), "{stderr}");
+    }
+
+    #[tokio::test]
+    async fn with_a_key_file_that_is_not_an_ed25519_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, "not a key").unwrap();
+        let stderr = start_failure(&[("AUTH_SIGNING_KEY_FILE", path.to_str().unwrap())]).await;
+        assert!(stderr.contains("not an Ed25519 private key"), "{stderr}");
+    }
+
+    #[tokio::test]
+    async fn with_a_bad_duration() {
+        let stderr = start_failure(&[("AUTH_ACCESS_TOKEN_TTL", "soon")]).await;
+        assert!(stderr.contains("AUTH_ACCESS_TOKEN_TTL"), "{stderr}");
+    }
+
+    #[tokio::test]
+    async fn with_an_unreachable_database() {
+        let unreachable = [
+            ("AUTH_DATABASE_URL", "postgres://postgres@127.0.0.1:1/authd"),
+            ("AUTH_DB_ACQUIRE_TIMEOUT", "1s"),
+        ];
+        let stderr = start_failure(&unreachable).await;
+        assert!(stderr.contains("AUTH_DATABASE_URL"), "{stderr}");
+    }
+}
