@@ -6,6 +6,9 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 /// Where `AUTH_DATABASE_URL` points when it is not set: an SQLite file created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/authd.db?mode=rwc";
 
+/// The longest lifetime a token may be given.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// A setting that could not be used; the message names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {problem}")]
@@ -49,6 +52,16 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `AUTH_REVOCATION_POLL`: how often revocations made by other replicas (or the CLI) are
+    /// read from the database; Validate honours them within about this long.
+    pub revocation_poll: Duration,
+    /// `AUTH_CLEANUP_SCHEDULE`: when expired rows are deleted, as a cron expression in UTC
+    /// with seconds (`sec min hour day-of-month month day-of-week`); a five-field expression
+    /// gets second 0.
+    pub cleanup_schedule: String,
+    /// `AUTH_CLEANUP_BATCH_SIZE`: rows deleted per transaction, so no long lock blocks
+    /// refreshes.
+    pub cleanup_batch_size: u64,
 }
 
 /// Argon2id cost parameters. The defaults are OWASP's recommendation (19 MiB, 2 passes, 1 lane).
@@ -121,6 +134,9 @@ impl Config {
                 1..=1024,
             )?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
+            revocation_poll: vars.duration("AUTH_REVOCATION_POLL", "1s")?,
+            cleanup_schedule: cron_schedule(vars.raw("AUTH_CLEANUP_SCHEDULE", "0 0 0 * * *"))?,
+            cleanup_batch_size: vars.number("AUTH_CLEANUP_BATCH_SIZE", 1000, 1..=100_000)?,
         };
         if !config.database_url.starts_with("sqlite:")
             && !config.database_url.starts_with("postgres://")
@@ -131,16 +147,19 @@ impl Config {
                 problem: "must start with sqlite: or postgres://".into(),
             });
         }
-        if config.access_token_ttl.as_secs() == 0 || config.refresh_token_ttl.as_secs() == 0 {
-            let variable = if config.access_token_ttl.as_secs() == 0 {
-                "AUTH_ACCESS_TOKEN_TTL"
-            } else {
-                "AUTH_REFRESH_TOKEN_TTL"
-            };
-            return Err(ConfigError {
-                variable,
-                problem: "must be at least one second (tokens carry whole seconds)".into(),
-            });
+        for (variable, ttl) in [
+            ("AUTH_ACCESS_TOKEN_TTL", config.access_token_ttl),
+            ("AUTH_REFRESH_TOKEN_TTL", config.refresh_token_ttl),
+        ] {
+            if ttl.as_secs() == 0 {
+                return Err(error(
+                    variable,
+                    "must be at least one second (tokens carry whole seconds)",
+                ));
+            }
+            if ttl > MAX_TOKEN_TTL {
+                return Err(error(variable, "must be at most 3650 days"));
+            }
         }
         Ok(config)
     }
@@ -218,6 +237,22 @@ impl Vars {
     }
 }
 
+/// Validates a cron expression the way the scheduler will read it (seconds required), adding
+/// second 0 to a classic five-field expression.
+fn cron_schedule(expression: &str) -> Result<String, ConfigError> {
+    let expression = match expression.split_whitespace().count() {
+        5 => format!("0 {expression}"),
+        _ => expression.to_owned(),
+    };
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(&expression)
+        .map_err(|e| error("AUTH_CLEANUP_SCHEDULE", format!("{e}")))?;
+    Ok(expression)
+}
+
 fn error(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
@@ -284,6 +319,23 @@ mod tests {
     fn unknown_database_schemes_are_refused() {
         let e = config(&[("AUTH_DATABASE_URL", "mysql://x")]).unwrap_err();
         assert_eq!(e.variable, "AUTH_DATABASE_URL");
+    }
+
+    #[test]
+    fn the_cleanup_schedule_is_validated() {
+        assert_eq!(config(&[]).unwrap().cleanup_schedule, "0 0 0 * * *");
+        let five = config(&[("AUTH_CLEANUP_SCHEDULE", "30 3 * * *")]).unwrap();
+        assert_eq!(five.cleanup_schedule, "0 30 3 * * *");
+        for bad in ["every night", "61 * * * *", "* * * *"] {
+            let e = config(&[("AUTH_CLEANUP_SCHEDULE", bad)]).unwrap_err();
+            assert_eq!(e.variable, "AUTH_CLEANUP_SCHEDULE", "{bad}");
+        }
+    }
+
+    #[test]
+    fn absurd_token_lifetimes_are_refused() {
+        let e = config(&[("AUTH_REFRESH_TOKEN_TTL", "20000d")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_REFRESH_TOKEN_TTL");
     }
 
     #[test]

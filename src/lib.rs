@@ -5,8 +5,21 @@
 //! (queries). [`server`] assembles them; [`config`] is read once at start-up.
 
 pub mod auth;
+pub mod cleanup;
 pub mod config;
 pub mod grpc;
 pub mod proto;
 pub mod server;
 pub mod store;
+
+/// `err` and its sources, joined: the whole story in one log field.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

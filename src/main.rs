@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use authd::{
     auth::{Email, Password, PasswordHasher, UserAdmin},
+    cleanup,
     config::Config,
     server::{self, Application},
 };
@@ -28,6 +29,8 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Delete expired refresh tokens and sessions once, print the counts and exit.
+    Cleanup,
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -43,7 +46,7 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Disable a user: their next login fails.
+    /// Disable a user: their next login fails and all their sessions are revoked.
     Disable {
         /// The user's email address.
         email: String,
@@ -80,6 +83,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             server::connect_and_migrate(&config).await?;
             println!("database is up to date");
+            Ok(())
+        }
+        Command::Cleanup => {
+            let store = server::connect_and_migrate(&config).await?;
+            let report = cleanup::run_once(&store, config.cleanup_batch_size)
+                .await
+                .context("while deleting expired rows")?;
+            println!(
+                "deleted {} expired refresh tokens and {} expired sessions",
+                report.refresh_tokens, report.sessions
+            );
             Ok(())
         }
         Command::User(command) => {

@@ -9,7 +9,8 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    auth::{Authenticator, PasswordHasher, TokenKeys, load_or_generate_key},
+    auth::{Authenticator, PasswordHasher, RevokedSessions, TokenKeys, load_or_generate_key},
+    cleanup,
     config::Config,
     grpc::AuthGrpc,
     proto::{self, auth_service_server::AuthServiceServer},
@@ -25,6 +26,9 @@ pub struct Application {
     listener: TcpListener,
     store: Store,
     auth: Arc<Authenticator>,
+    revoked: Arc<RevokedSessions>,
+    /// When the revocation set was loaded; the poller continues from there.
+    revocations_loaded_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Application {
@@ -35,7 +39,21 @@ impl Application {
         let keys = load_token_keys(&config)?;
         let hasher = PasswordHasher::new(config.argon2, config.password_hash_concurrency)
             .context("while preparing the password hasher")?;
-        let auth = Arc::new(Authenticator::new(&config, store.clone(), keys, hasher));
+        let revoked = Arc::new(RevokedSessions::new(
+            config.access_token_ttl,
+            config.jwt_leeway,
+        ));
+        let revocations_loaded_at = revoked
+            .load(&store)
+            .await
+            .context("while loading revoked sessions")?;
+        let auth = Arc::new(Authenticator::new(
+            &config,
+            store.clone(),
+            keys,
+            hasher,
+            Arc::clone(&revoked),
+        ));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("while binding AUTH_LISTEN={}", config.listen))?;
@@ -44,6 +62,8 @@ impl Application {
             listener,
             store,
             auth,
+            revoked,
+            revocations_loaded_at,
         })
     }
 
@@ -68,6 +88,19 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("while building reflection v1alpha")?;
+
+        let poller = tokio::spawn(Arc::clone(&self.revoked).poll_forever(
+            self.store.clone(),
+            self.config.revocation_poll,
+            self.revocations_loaded_at,
+        ));
+        let mut scheduler = cleanup::start_schedule(
+            self.store.clone(),
+            &self.config.cleanup_schedule,
+            self.config.cleanup_batch_size,
+        )
+        .await
+        .context("while starting the cleanup schedule (AUTH_CLEANUP_SCHEDULE)")?;
 
         let address = self.local_addr()?;
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -97,6 +130,10 @@ impl Application {
                     std::future::pending::<()>().await;
                 }
             } => tracing::warn!(?grace, "in-flight calls still running after the grace period; exiting"),
+        }
+        poller.abort();
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "cleanup scheduler did not stop cleanly");
         }
         self.store
             .close()

@@ -29,7 +29,20 @@ pub enum AuthError {
     /// reuse, or its user disabled.
     #[error("session revoked")]
     SessionRevoked,
-    /// FAILED_PRECONDITION-free CLI case: a new user's email is already registered.
+    /// UNAUTHENTICATED (SESSION_EXPIRED): the session reached its end; log in again.
+    #[error("session expired")]
+    SessionExpired,
+    /// UNAUTHENTICATED (REFRESH_TOKEN_INVALID): no such refresh token (unknown or malformed).
+    #[error("invalid refresh token")]
+    RefreshTokenInvalid,
+    /// UNAUTHENTICATED (REFRESH_TOKEN_EXPIRED): the refresh token is past its lifetime.
+    #[error("refresh token expired")]
+    RefreshTokenExpired,
+    /// UNAUTHENTICATED (REFRESH_TOKEN_REUSED): the refresh token was already used; its session
+    /// has been revoked because the token may be stolen.
+    #[error("refresh token already used; session revoked")]
+    RefreshTokenReused,
+    /// ALREADY_EXISTS (EMAIL_TAKEN): a new user's email is already registered (CLI only).
     #[error("a user with this email already exists")]
     EmailTaken,
     /// UNAVAILABLE: the database is unreachable or busy; retrying later may succeed.

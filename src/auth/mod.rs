@@ -5,8 +5,9 @@ mod credentials;
 mod error;
 mod password;
 mod refresh_token;
+mod revocation;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -18,10 +19,11 @@ pub use credentials::{Email, MAX_EMAIL_BYTES, MAX_PASSWORD_BYTES, Password};
 pub use error::AuthError;
 pub use password::PasswordHasher;
 pub use refresh_token::RefreshToken;
+pub use revocation::RevokedSessions;
 
 use crate::{
     config::Config,
-    store::{self, NewSession, Store},
+    store::{self, NewSession, RevokedReason, Rotation, Store, TokenRecord},
 };
 
 /// User administration for the CLI: needs the store and the hasher, not the token keys.
@@ -73,17 +75,25 @@ pub struct Authenticator {
     store: Store,
     hasher: PasswordHasher,
     keys: TokenKeys,
+    revoked: Arc<RevokedSessions>,
     access_token_ttl: Duration,
     refresh_token_ttl: Duration,
 }
 
 impl Authenticator {
     /// Assembles the domain from its parts.
-    pub fn new(config: &Config, store: Store, keys: TokenKeys, hasher: PasswordHasher) -> Self {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        keys: TokenKeys,
+        hasher: PasswordHasher,
+        revoked: Arc<RevokedSessions>,
+    ) -> Self {
         Self {
             store,
             hasher,
             keys,
+            revoked,
             access_token_ttl: config.access_token_ttl,
             refresh_token_ttl: config.refresh_token_ttl,
         }
@@ -131,7 +141,111 @@ impl Authenticator {
                 problem: "must be at most 8 KiB",
             });
         }
-        self.keys.verify(access_token)
+        let claims = self.keys.verify(access_token)?;
+        if self.revoked.contains(&claims.sid) {
+            return Err(AuthError::SessionRevoked);
+        }
+        Ok(claims)
+    }
+
+    /// Trades a refresh token for a new pair in the same session. A token presented twice
+    /// revokes its session.
+    #[tracing::instrument(skip_all)]
+    pub async fn refresh(&self, token: RefreshToken) -> Result<IssuedTokens, AuthError> {
+        let now = store::now();
+        let successor = RefreshToken::generate()?;
+        let expires_at = now + self.refresh_token_ttl;
+        let rotation = self
+            .store
+            .rotate_refresh_token(&token.hash(), &successor.hash(), now, expires_at)
+            .await?;
+        match rotation {
+            Rotation::Rotated {
+                session_id,
+                user_id,
+                email,
+            } => {
+                tracing::debug!(%user_id, %session_id, "refresh token rotated");
+                self.issue(user_id, &email, session_id, now, successor)
+            }
+            Rotation::SessionRevoked => Err(AuthError::SessionRevoked),
+            Rotation::SessionExpired => Err(AuthError::SessionExpired),
+            Rotation::NotCurrent => Err(self.refusal(&token, now).await?),
+        }
+    }
+
+    /// Why a token that did not rotate was refused; a reused token revokes its session.
+    async fn refusal(
+        &self,
+        token: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<AuthError, AuthError> {
+        let Some(TokenRecord { token, session }) = self.store.token_record(&token.hash()).await?
+        else {
+            return Ok(AuthError::RefreshTokenInvalid);
+        };
+        if token.used_at.is_some() {
+            let newly = self.revoke(session.id, RevokedReason::Reuse).await?;
+            tracing::warn!(
+                user_id = %session.user_id,
+                session_id = %session.id,
+                newly_revoked = newly,
+                "refresh token reuse detected: session revoked"
+            );
+            return Ok(AuthError::RefreshTokenReused);
+        }
+        Ok(if session.revoked_at.is_some() {
+            AuthError::SessionRevoked
+        } else if token.expires_at <= now {
+            AuthError::RefreshTokenExpired
+        } else if session.expires_at <= now {
+            AuthError::SessionExpired
+        } else {
+            // The conditional update and this read disagree: not expected on either backend.
+            AuthError::Internal("a current refresh token failed to rotate".into())
+        })
+    }
+
+    /// Revokes the session of `token`, or every session of its user. Unknown, malformed,
+    /// expired and already revoked tokens succeed silently: logout is idempotent.
+    #[tracing::instrument(skip(self, token))]
+    pub async fn logout(
+        &self,
+        token: Result<RefreshToken, AuthError>,
+        all_sessions: bool,
+    ) -> Result<(), AuthError> {
+        let token = match token {
+            Ok(token) => token,
+            Err(AuthError::RefreshTokenInvalid) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(TokenRecord { session, .. }) = self.store.token_record(&token.hash()).await?
+        else {
+            return Ok(());
+        };
+        if all_sessions {
+            let now = store::now();
+            let revoked = self
+                .store
+                .revoke_user_sessions(session.user_id, RevokedReason::Logout, now)
+                .await?;
+            for session_id in &revoked {
+                self.revoked.insert(*session_id, now);
+            }
+            tracing::info!(user_id = %session.user_id, sessions = revoked.len(), "all sessions logged out");
+        } else {
+            self.revoke(session.id, RevokedReason::Logout).await?;
+            tracing::info!(user_id = %session.user_id, session_id = %session.id, "session logged out");
+        }
+        Ok(())
+    }
+
+    /// Revokes one session in the database and, at once, for Validate on this replica.
+    async fn revoke(&self, session_id: Uuid, reason: RevokedReason) -> Result<bool, AuthError> {
+        let now = store::now();
+        let newly = self.store.revoke_session(session_id, reason, now).await?;
+        self.revoked.insert(session_id, now);
+        Ok(newly)
     }
 
     fn issue(

@@ -7,6 +7,9 @@ use sha2::{Digest, Sha256};
 
 use super::AuthError;
 
+/// Length of a token: 32 bytes in unpadded base64url.
+const TOKEN_CHARS: usize = 43;
+
 /// A raw refresh token. `Debug` never prints it.
 #[derive(Debug)]
 pub struct RefreshToken(SecretString);
@@ -17,6 +20,25 @@ impl RefreshToken {
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes).map_err(|e| AuthError::Internal(Box::new(e)))?;
         Ok(Self(URL_SAFE_NO_PAD.encode(bytes).into()))
+    }
+
+    /// Parses a token presented by a client. Empty is a malformed request; anything that is not
+    /// 43 base64url characters cannot be one of ours and is reported as an unknown token.
+    pub fn parse(raw: String) -> Result<Self, AuthError> {
+        if raw.is_empty() {
+            return Err(AuthError::InvalidArgument {
+                field: "refresh_token",
+                problem: "must not be empty",
+            });
+        }
+        let well_formed = raw.len() == TOKEN_CHARS
+            && raw
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        if !well_formed {
+            return Err(AuthError::RefreshTokenInvalid);
+        }
+        Ok(Self(raw.into()))
     }
 
     /// The SHA-256 under which the token is stored and looked up. A fast hash suffices: the
@@ -49,6 +71,28 @@ mod tests {
         );
         assert_ne!(a.expose(), b.expose());
         assert_ne!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn parse_accepts_generated_tokens_and_refuses_others() {
+        let token = RefreshToken::generate().unwrap();
+        let parsed = RefreshToken::parse(token.expose().to_owned()).unwrap();
+        assert_eq!(parsed.hash(), token.hash());
+        assert!(matches!(
+            RefreshToken::parse(String::new()),
+            Err(AuthError::InvalidArgument {
+                field: "refresh_token",
+                ..
+            })
+        ));
+        let too_long = format!("{}A", token.expose());
+        let bad_alphabet = format!("{}=", &token.expose()[..42]);
+        for bad in ["short".to_owned(), too_long, bad_alphabet] {
+            assert!(matches!(
+                RefreshToken::parse(bad),
+                Err(AuthError::RefreshTokenInvalid)
+            ));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 pub use status::ERROR_DOMAIN;
 
 use crate::{
-    auth::{AuthError, Authenticator, Email, IssuedTokens, Password},
+    auth::{AuthError, Authenticator, Email, IssuedTokens, Password, RefreshToken},
     proto::{
         LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest,
         RefreshResponse, ValidateRequest, ValidateResponse, auth_service_server::AuthService,
@@ -39,24 +39,37 @@ impl AuthService for AuthGrpc {
             let LoginRequest { email, password } = request.into_inner();
             let email = Email::parse(&email)?;
             let password = Password::parse(password)?;
-            let tokens = self.auth.login(email, password).await?;
-            Ok(token_response(tokens))
+            Ok(self.auth.login(email, password).await?.into())
         })
         .await
     }
 
     async fn refresh(
         &self,
-        _request: Request<RefreshRequest>,
+        request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        Err(Status::unimplemented("Refresh is not implemented yet"))
+        observe("Refresh", async {
+            let token = RefreshToken::parse(request.into_inner().refresh_token)?;
+            Ok(self.auth.refresh(token).await?.into())
+        })
+        .await
     }
 
     async fn logout(
         &self,
-        _request: Request<LogoutRequest>,
+        request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        Err(Status::unimplemented("Logout is not implemented yet"))
+        observe("Logout", async {
+            let LogoutRequest {
+                refresh_token,
+                all_sessions,
+            } = request.into_inner();
+            self.auth
+                .logout(RefreshToken::parse(refresh_token), all_sessions)
+                .await?;
+            Ok(LogoutResponse {})
+        })
+        .await
     }
 
     async fn validate(
@@ -77,16 +90,24 @@ impl AuthService for AuthGrpc {
     }
 }
 
-fn token_response(tokens: IssuedTokens) -> LoginResponse {
-    LoginResponse {
-        access_token: tokens.access_token,
-        token_type: "Bearer".to_owned(),
-        expires_in: seconds(tokens.access_token_ttl),
-        refresh_token: tokens.refresh_token.expose().to_owned(),
-        refresh_expires_in: seconds(tokens.refresh_token_ttl),
-        session_id: tokens.session_id.to_string(),
-    }
+/// Login and Refresh answer the same fields in two message types.
+macro_rules! impl_from_issued_tokens {
+    ($($response:ty),+) => {$(
+        impl From<IssuedTokens> for $response {
+            fn from(tokens: IssuedTokens) -> Self {
+                Self {
+                    access_token: tokens.access_token,
+                    token_type: "Bearer".to_owned(),
+                    expires_in: seconds(tokens.access_token_ttl),
+                    refresh_token: tokens.refresh_token.expose().to_owned(),
+                    refresh_expires_in: seconds(tokens.refresh_token_ttl),
+                    session_id: tokens.session_id.to_string(),
+                }
+            }
+        }
+    )+};
 }
+impl_from_issued_tokens!(LoginResponse, RefreshResponse);
 
 fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)

@@ -18,26 +18,18 @@ impl From<AuthError> for Status {
             AuthError::AccessTokenInvalid => (Code::Unauthenticated, "TOKEN_INVALID"),
             AuthError::AccessTokenExpired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
             AuthError::SessionRevoked => (Code::Unauthenticated, "SESSION_REVOKED"),
+            AuthError::SessionExpired => (Code::Unauthenticated, "SESSION_EXPIRED"),
+            AuthError::RefreshTokenInvalid => (Code::Unauthenticated, "REFRESH_TOKEN_INVALID"),
+            AuthError::RefreshTokenExpired => (Code::Unauthenticated, "REFRESH_TOKEN_EXPIRED"),
+            AuthError::RefreshTokenReused => (Code::Unauthenticated, "REFRESH_TOKEN_REUSED"),
             AuthError::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
             AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
         };
         if matches!(code, Code::Unavailable | Code::Internal) {
-            tracing::error!(error = %error_chain(&err), "request failed");
+            tracing::error!(error = %crate::error_chain(&err), "request failed");
         }
         let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
         Status::with_error_details(code, err.to_string(), details)
     }
-}
-
-/// `err` and its sources, joined: the whole story in one log field.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

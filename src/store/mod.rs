@@ -10,7 +10,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, RuntimeErr, SqlErr, TransactionTrait,
+    QueryFilter, QuerySelect, QueryTrait, RuntimeErr, SqlErr, TransactionTrait,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use uuid::Uuid;
@@ -109,6 +109,57 @@ pub struct NewSession {
     pub token_hash: [u8; 32],
     /// When the first refresh token expires.
     pub token_expires_at: DateTime<Utc>,
+}
+
+/// Why a session was revoked, as stored in `sessions.revoked_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedReason {
+    /// The user logged out.
+    Logout,
+    /// A used refresh token was presented again: the session's tokens may be stolen.
+    Reuse,
+    /// The user was disabled.
+    UserDisabled,
+}
+
+impl RevokedReason {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::Reuse => "reuse",
+            Self::UserDisabled => "user_disabled",
+        }
+    }
+}
+
+/// What a rotation attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// This call won: the token is now used and its successor stored.
+    Rotated {
+        /// The session, unchanged by rotation.
+        session_id: Uuid,
+        /// The session's user.
+        user_id: Uuid,
+        /// The user's current email, for the new access token.
+        email: String,
+    },
+    /// The token was current but its session is revoked; nothing was changed.
+    SessionRevoked,
+    /// The token was current but its session has ended; nothing was changed.
+    SessionExpired,
+    /// No current token has that hash: unknown, used, or expired. Nothing was changed.
+    NotCurrent,
+}
+
+/// A refresh token row with the session it belongs to.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// The token row.
+    pub token: refresh_token::Model,
+    /// Its session.
+    pub session: session::Model,
 }
 
 /// The database connection pool and the queries authd runs.
@@ -213,20 +264,30 @@ impl Store {
         }
     }
 
-    /// Marks a user disabled; `None` if no user has that email.
+    /// Marks a user disabled and revokes all their sessions, in one transaction; `None` if no
+    /// user has that email.
     #[tracing::instrument(skip(self), level = "debug")]
     pub async fn disable_user(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
         let Some(user) = self.user_by_email(email).await? else {
             return Ok(None);
         };
         let now = now();
+        let txn = self.db.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::DisabledAt, now.into())
             .col_expr(user::Column::UpdatedAt, now.into())
             .filter(user::Column::Id.eq(user.id))
             .filter(user::Column::DisabledAt.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        revoke_sessions_where(
+            &txn,
+            session::Column::UserId.eq(user.id),
+            RevokedReason::UserDisabled,
+            now,
+        )
+        .await?;
+        txn.commit().await?;
         Ok(Some(user.id))
     }
 
@@ -257,6 +318,213 @@ impl Store {
         txn.commit().await?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Trades the current token `old_hash` for a successor `new_hash`, in one transaction.
+    ///
+    /// The conditional update of the token row picks one winner among concurrent callers on
+    /// any backend and across replicas; the winner then updates its session row only while the
+    /// session is alive, which serialises it against a concurrent logout of that session.
+    #[tracing::instrument(skip_all, level = "debug")]
+    pub async fn rotate_refresh_token(
+        &self,
+        old_hash: &[u8; 32],
+        new_hash: &[u8; 32],
+        now: DateTime<Utc>,
+        new_expires_at: DateTime<Utc>,
+    ) -> Result<Rotation, StoreError> {
+        let txn = self.db.begin().await?;
+        // A write first, so SQLite takes its write lock (waiting up to the busy timeout) before
+        // reading anything: no stale snapshot can fail the upgrade later.
+        let claimed = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::UsedAt, now.into())
+            .filter(refresh_token::Column::TokenHash.eq(old_hash.to_vec()))
+            .filter(refresh_token::Column::UsedAt.is_null())
+            .filter(refresh_token::Column::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if claimed == 0 {
+            txn.rollback().await?;
+            return Ok(Rotation::NotCurrent);
+        }
+        let Some(token) = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(old_hash.to_vec()))
+            .one(&txn)
+            .await?
+        else {
+            return Err(StoreError::Database(DbErr::RecordNotFound(
+                "claimed refresh token".into(),
+            )));
+        };
+        let alive = session::Entity::update_many()
+            .col_expr(session::Column::LastRefreshedAt, now.into())
+            .col_expr(session::Column::ExpiresAt, new_expires_at.into())
+            .filter(session::Column::Id.eq(token.session_id))
+            .filter(session::Column::RevokedAt.is_null())
+            .filter(session::Column::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        let session = session::Entity::find_by_id(token.session_id)
+            .one(&txn)
+            .await?;
+        let Some(session) = session.filter(|_| alive == 1) else {
+            txn.rollback().await?;
+            let revoked = session::Entity::find_by_id(token.session_id)
+                .one(&self.db)
+                .await?
+                .is_none_or(|s| s.revoked_at.is_some());
+            return Ok(if revoked {
+                Rotation::SessionRevoked
+            } else {
+                Rotation::SessionExpired
+            });
+        };
+        let Some(user) = user::Entity::find_by_id(session.user_id).one(&txn).await? else {
+            return Err(StoreError::Database(DbErr::RecordNotFound(
+                "session user".into(),
+            )));
+        };
+        insert_refresh_token(
+            &txn,
+            session.id,
+            Some(token.id),
+            new_hash,
+            now,
+            new_expires_at,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Rotation::Rotated {
+            session_id: session.id,
+            user_id: user.id,
+            email: user.email,
+        })
+    }
+
+    /// The token with this hash and its session, whatever their state.
+    #[tracing::instrument(skip_all, level = "debug")]
+    pub async fn token_record(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let Some(token) = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(hash.to_vec()))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let session = session::Entity::find_by_id(token.session_id)
+            .one(&self.db)
+            .await?;
+        Ok(session.map(|session| TokenRecord { token, session }))
+    }
+
+    /// Revokes one session; false if it was already revoked (or does not exist).
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn revoke_session(
+        &self,
+        session_id: Uuid,
+        reason: RevokedReason,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let revoked =
+            revoke_sessions_where(&self.db, session::Column::Id.eq(session_id), reason, now)
+                .await?;
+        Ok(revoked > 0)
+    }
+
+    /// Revokes every session of a user and returns the ids of all their revoked sessions that
+    /// have not ended, so callers can stop their access tokens at once.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        reason: RevokedReason,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        revoke_sessions_where(&self.db, session::Column::UserId.eq(user_id), reason, now).await?;
+        Ok(session::Entity::find()
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::RevokedAt.is_not_null())
+            .filter(session::Column::ExpiresAt.gt(now))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect())
+    }
+
+    /// Sessions revoked after `since`, with when.
+    #[tracing::instrument(skip(self), level = "trace")]
+    pub async fn sessions_revoked_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
+        Ok(session::Entity::find()
+            .filter(session::Column::RevokedAt.gt(since))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .filter_map(|s| Some((s.id, s.revoked_at?)))
+            .collect())
+    }
+
+    /// Deletes up to `limit` refresh tokens that expired before `now`, in one short statement.
+    pub async fn delete_expired_refresh_tokens(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let batch = refresh_token::Entity::find()
+            .select_only()
+            .column(refresh_token::Column::Id)
+            .filter(refresh_token::Column::ExpiresAt.lte(now))
+            .limit(limit)
+            .into_query();
+        Ok(refresh_token::Entity::delete_many()
+            .filter(refresh_token::Column::Id.in_subquery(batch))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+
+    /// Deletes up to `limit` sessions that ended before `now` (their tokens, all expired by
+    /// then, go with them).
+    pub async fn delete_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let batch = session::Entity::find()
+            .select_only()
+            .column(session::Column::Id)
+            .filter(session::Column::ExpiresAt.lte(now))
+            .limit(limit)
+            .into_query();
+        Ok(session::Entity::delete_many()
+            .filter(session::Column::Id.in_subquery(batch))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
+    }
+}
+
+/// Revokes the live sessions matching `condition`; returns how many.
+async fn revoke_sessions_where(
+    db: &impl ConnectionTrait,
+    condition: impl sea_orm::sea_query::IntoCondition,
+    reason: RevokedReason,
+    now: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    Ok(session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, now.into())
+        .col_expr(session::Column::RevokedReason, reason.as_str().into())
+        .filter(condition)
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?
+        .rows_affected)
 }
 
 async fn insert_refresh_token(

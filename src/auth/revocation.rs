@@ -1,0 +1,152 @@
+//! The in-memory set of revoked sessions that lets Validate refuse a logged-out session's
+//! access tokens without a database query.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+use crate::store::{self, Store, StoreError};
+
+/// How far back each poll looks beyond the previous one, so a revocation written by a replica
+/// whose clock lags (or whose transaction committed late) is still seen.
+const POLL_OVERLAP: TimeDelta = TimeDelta::minutes(2);
+
+/// Extra time an entry is kept beyond the access-token lifetime: covers an access token signed
+/// just after the revocation by a refresh that committed just before it.
+const RETENTION_MARGIN: TimeDelta = TimeDelta::minutes(5);
+
+/// Revoked session ids, each kept until every access token of its session has expired.
+#[derive(Debug)]
+pub struct RevokedSessions {
+    /// Session id -> when the entry may be dropped.
+    entries: RwLock<HashMap<Uuid, DateTime<Utc>>>,
+    /// Access-token lifetime plus leeway plus margin.
+    retention: TimeDelta,
+}
+
+impl RevokedSessions {
+    /// An empty set whose entries live for `access_token_ttl + leeway` plus a margin.
+    pub fn new(access_token_ttl: Duration, leeway: Duration) -> Self {
+        let covered = TimeDelta::from_std(access_token_ttl + leeway).unwrap_or(TimeDelta::MAX);
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            retention: covered
+                .checked_add(&RETENTION_MARGIN)
+                .unwrap_or(TimeDelta::MAX),
+        }
+    }
+
+    /// Records that `session_id` was revoked at `revoked_at`.
+    pub fn insert(&self, session_id: Uuid, revoked_at: DateTime<Utc>) {
+        let drop_after = revoked_at
+            .checked_add_signed(self.retention)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.entry(session_id).or_insert(drop_after);
+        *entry = (*entry).max(drop_after);
+    }
+
+    /// Whether `session_id` is revoked.
+    pub fn contains(&self, session_id: &Uuid) -> bool {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(session_id)
+    }
+
+    /// How many sessions are in the set.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops entries whose sessions can no longer have a live access token.
+    fn prune(&self, now: DateTime<Utc>) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, drop_after| *drop_after > now);
+    }
+
+    /// Loads every revocation that may still cover a live access token: call before serving,
+    /// so a restarted replica refuses them at once. Returns when the load started.
+    pub async fn load(&self, store: &Store) -> Result<DateTime<Utc>, StoreError> {
+        let started = store::now();
+        self.merge(store, started - self.retention).await?;
+        Ok(started)
+    }
+
+    async fn merge(&self, store: &Store, since: DateTime<Utc>) -> Result<(), StoreError> {
+        for (session_id, revoked_at) in store.sessions_revoked_since(since).await? {
+            self.insert(session_id, revoked_at);
+        }
+        Ok(())
+    }
+
+    /// Polls the database every `interval` for revocations made elsewhere (other replicas, the
+    /// CLI) and prunes expired entries. Runs until dropped; failures are logged and retried at
+    /// the next tick.
+    pub async fn poll_forever(
+        self: Arc<Self>,
+        store: Store,
+        interval: Duration,
+        mut last_poll: DateTime<Utc>,
+    ) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let started = store::now();
+            match self.merge(&store, last_poll - POLL_OVERLAP).await {
+                Ok(()) => last_poll = started,
+                Err(e) => tracing::warn!(error = %crate::error_chain(&e), "revocation poll failed"),
+            }
+            self.prune(started);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_live_until_every_access_token_has_expired() {
+        let set = RevokedSessions::new(Duration::from_secs(900), Duration::ZERO);
+        let (old, recent) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        set.insert(
+            old,
+            now - TimeDelta::seconds(900) - RETENTION_MARGIN - TimeDelta::seconds(1),
+        );
+        set.insert(recent, now - TimeDelta::seconds(899));
+        assert!(set.contains(&old) && set.contains(&recent));
+        set.prune(now);
+        assert!(
+            !set.contains(&old),
+            "old entry outlived every token it covered"
+        );
+        assert!(set.contains(&recent));
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn a_later_revocation_time_extends_an_entry() {
+        let set = RevokedSessions::new(Duration::from_secs(60), Duration::ZERO);
+        let session = Uuid::new_v4();
+        let now = Utc::now();
+        set.insert(session, now - TimeDelta::hours(1));
+        set.insert(session, now);
+        set.prune(now);
+        assert!(set.contains(&session));
+    }
+}
