@@ -192,6 +192,12 @@ mod refuses_to_start {
     }
 
     #[tokio::test]
+    async fn with_a_bad_cleanup_schedule() {
+        let stderr = start_failure(&[("AUTH_CLEANUP_SCHEDULE", "every night")]).await;
+        assert!(stderr.contains("AUTH_CLEANUP_SCHEDULE"), "{stderr}");
+    }
+
+    #[tokio::test]
     async fn with_an_unreachable_database() {
         let unreachable = [
             ("AUTH_DATABASE_URL", "postgres://postgres@127.0.0.1:1/authd"),
@@ -199,5 +205,47 @@ mod refuses_to_start {
         ];
         let stderr = start_failure(&unreachable).await;
         assert!(stderr.contains("AUTH_DATABASE_URL"), "{stderr}");
+    }
+}
+
+/// Every call is logged, at debug level too, without a password or a token in any line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_each_call_but_never_a_secret() {
+    use common::{PASSWORD, add_user, login, logout, refresh, validate};
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let server = AuthdProcess::spawn(&db, &[("RUST_LOG", "debug")]).await;
+    let client = server.client().await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let first = login(&client, "alice@example.com", PASSWORD).await.unwrap();
+    let _ = login(&client, "alice@example.com", "a wrong password").await;
+    let second = refresh(&client, &first.refresh_token).await.unwrap();
+    validate(&client, &second.access_token).await.unwrap();
+    let _ = refresh(&client, &first.refresh_token).await; // reuse: logged as a warning
+    logout(&client, &second.refresh_token, false).await.unwrap();
+
+    server.terminate();
+    let mut child = server.child;
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = server.log.lock().unwrap().clone();
+    for method in ["Login", "Refresh", "Validate", "Logout"] {
+        assert!(
+            log.contains(&format!("method=\"{method}\"")),
+            "no line for {method}:\n{log}"
+        );
+    }
+    assert!(log.contains("refresh token reuse detected"), "{log}");
+    let secrets = [
+        PASSWORD,
+        "a wrong password",
+        &first.refresh_token,
+        &second.refresh_token,
+        &first.access_token,
+        &second.access_token,
+    ];
+    for secret in secrets {
+        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
     }
 }

@@ -11,7 +11,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
 use authd::{
     auth::{Email, Password, PasswordHasher, UserAdmin},
     config::Config,
-    proto::{LoginRequest, LoginResponse, auth_service_client::AuthServiceClient},
+    proto::{
+        LoginRequest, LoginResponse, LogoutRequest, RefreshRequest, RefreshResponse,
+        ValidateRequest, ValidateResponse, auth_service_client::AuthServiceClient,
+    },
     server::{self, Application},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -147,11 +150,8 @@ impl TestApp {
 
     /// Adds a user directly through the domain, as `authd user add` would.
     pub async fn add_user(&self, email: &str, password: &str) {
-        let store = server::connect_and_migrate(&self.config)
+        user_admin(&self.config)
             .await
-            .expect("store");
-        let hasher = PasswordHasher::new(self.config.argon2, 1).expect("hasher");
-        UserAdmin::new(store, hasher)
             .add_user(
                 Email::parse(email).unwrap(),
                 Password::parse_new(password.into()).unwrap(),
@@ -162,11 +162,8 @@ impl TestApp {
 
     /// Disables a user directly through the domain, as `authd user disable` would.
     pub async fn disable_user(&self, email: &str) {
-        let store = server::connect_and_migrate(&self.config)
+        let found = user_admin(&self.config)
             .await
-            .expect("store");
-        let hasher = PasswordHasher::new(self.config.argon2, 1).expect("hasher");
-        let found = UserAdmin::new(store, hasher)
             .disable_user(Email::parse(email).unwrap())
             .await
             .expect("user disabled");
@@ -174,14 +171,7 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
-        self.client
-            .clone()
-            .login(LoginRequest {
-                email: email.into(),
-                password: password.into(),
-            })
-            .await
-            .map(|r| r.into_inner())
+        login(&self.client, email, password).await
     }
 
     /// Adds `email` with [`PASSWORD`] and logs in.
@@ -190,6 +180,74 @@ impl TestApp {
         self.login(email, PASSWORD).await.expect("login succeeds")
     }
 }
+
+async fn user_admin(config: &Config) -> UserAdmin {
+    let store = server::connect_and_migrate(config).await.expect("store");
+    let hasher = PasswordHasher::new(config.argon2, 1).expect("hasher");
+    UserAdmin::new(store, hasher)
+}
+
+/// Adds a user to a test database, as `authd user add` would, hashing at test cost.
+pub async fn add_user(db: &TestDatabase, email: &str, password: &str) {
+    let config = Config::from_vars(settings(db, &[])).expect("test settings are valid");
+    user_admin(&config)
+        .await
+        .add_user(
+            Email::parse(email).unwrap(),
+            Password::parse_new(password.into()).unwrap(),
+        )
+        .await
+        .expect("user added");
+}
+
+pub async fn login(client: &Client, email: &str, password: &str) -> Result<LoginResponse, Status> {
+    client
+        .clone()
+        .login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn refresh(client: &Client, refresh_token: &str) -> Result<RefreshResponse, Status> {
+    client
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: refresh_token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn logout(
+    client: &Client,
+    refresh_token: &str,
+    all_sessions: bool,
+) -> Result<(), Status> {
+    client
+        .clone()
+        .logout(LogoutRequest {
+            refresh_token: refresh_token.into(),
+            all_sessions,
+        })
+        .await
+        .map(|_| ())
+}
+
+pub async fn validate(client: &Client, access_token: &str) -> Result<ValidateResponse, Status> {
+    client
+        .clone()
+        .validate(ValidateRequest {
+            access_token: access_token.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The generated client over a tonic channel.
+pub type Client = AuthServiceClient<Channel>;
 
 pub async fn connect(addr: SocketAddr) -> AuthServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))

@@ -24,8 +24,8 @@ pub fn authd_command(db: &TestDatabase, extra: &[(&str, &str)]) -> Command {
         command.env_remove(name);
     }
     command
-        .envs(settings(db, extra))
         .env("RUST_LOG", "info")
+        .envs(settings(db, extra))
         .current_dir(std::env::temp_dir())
         .kill_on_drop(true);
     command
@@ -90,6 +90,11 @@ impl AuthdProcess {
         })
         .await;
         Self { child, addr, log }
+    }
+
+    /// A client connected to this process.
+    pub async fn client(&self) -> super::Client {
+        super::connect(self.addr).await
     }
 
     /// Sends SIGTERM.
