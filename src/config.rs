@@ -31,8 +31,9 @@ pub struct Config {
     /// `AUTH_DB_ACQUIRE_TIMEOUT`: how long a call waits for a pooled connection before it
     /// answers UNAVAILABLE.
     pub db_acquire_timeout: Duration,
-    /// `AUTH_SQLITE_BUSY_TIMEOUT`: how long SQLite waits for another writer's lock.
-    pub sqlite_busy_timeout: Duration,
+    /// `AUTH_DB_LOCK_TIMEOUT`: how long a statement waits for a lock held by another writer
+    /// (SQLite's busy timeout, PostgreSQL's `lock_timeout`) before the call answers UNAVAILABLE.
+    pub db_lock_timeout: Duration,
     /// `AUTH_SIGNING_KEY_FILE`: Ed25519 private key (PKCS#8 PEM) that signs access tokens.
     /// Unset: a key is generated on first start and kept beside the SQLite database.
     pub signing_key_file: Option<PathBuf>,
@@ -120,7 +121,7 @@ impl Config {
             database_url: vars.text("AUTH_DATABASE_URL", DEFAULT_DATABASE_URL)?,
             db_max_connections: vars.number("AUTH_DB_MAX_CONNECTIONS", 10, 1..=1000)?,
             db_acquire_timeout: vars.duration("AUTH_DB_ACQUIRE_TIMEOUT", "3s")?,
-            sqlite_busy_timeout: vars.duration("AUTH_SQLITE_BUSY_TIMEOUT", "2s")?,
+            db_lock_timeout: vars.duration("AUTH_DB_LOCK_TIMEOUT", "2s")?,
             signing_key_file: vars.0.get("AUTH_SIGNING_KEY_FILE").map(PathBuf::from),
             issuer: vars.text("AUTH_ISSUER", "authd")?,
             audience: vars.text("AUTH_AUDIENCE", "internal-services")?,
@@ -162,11 +163,6 @@ impl Config {
             }
         }
         Ok(config)
-    }
-
-    /// Whether the database is SQLite (the embedded default).
-    pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
     }
 }
 

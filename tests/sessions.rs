@@ -30,6 +30,7 @@ on_both_backends!(
     rotated_and_revoked_tokens_stay_rejected_after_a_restart,
     disabling_a_user_revokes_their_sessions,
     the_database_never_holds_a_raw_refresh_token,
+    a_call_behind_a_held_lock_is_unavailable_and_changes_nothing,
 );
 
 fn hash(token: &str) -> Vec<u8> {
@@ -453,29 +454,41 @@ async fn the_database_never_holds_a_raw_refresh_token(backend: Backend) {
     }
 }
 
-/// SQLite admits one writer: a refresh that cannot get the write lock within the busy timeout
-/// answers UNAVAILABLE and leaves the token as it was.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_refresh_behind_a_held_write_lock_is_unavailable_and_changes_nothing() {
-    use sea_orm::sqlx::{Connection as _, SqliteConnection};
-    let app = TestApp::spawn_with(Backend::Sqlite, &[("AUTH_SQLITE_BUSY_TIMEOUT", "200ms")]).await;
+/// A refresh or login that cannot get its lock within `AUTH_DB_LOCK_TIMEOUT` (another writer
+/// holds it) answers UNAVAILABLE and leaves the token as it was.
+async fn a_call_behind_a_held_lock_is_unavailable_and_changes_nothing(backend: Backend) {
+    use sea_orm::sqlx::{Connection as _, Executor as _, PgConnection, SqliteConnection};
+    let app = TestApp::spawn_with(backend, &[("AUTH_DB_LOCK_TIMEOUT", "200ms")]).await;
     let session = app.user_with_session("alice@example.com").await;
 
-    let mut blocker = SqliteConnection::connect(app.db.url()).await.unwrap();
-    sea_orm::sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    // SQLite: take the database's one write lock. PostgreSQL: lock the tokens table.
+    let (mut sqlite, mut postgres) = (None, None);
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = SqliteConnection::connect(app.db.url()).await.unwrap();
+            conn.execute("BEGIN IMMEDIATE").await.unwrap();
+            sqlite = Some(conn);
+        }
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(app.db.url()).await.unwrap();
+            conn.execute("BEGIN; LOCK TABLE refresh_tokens IN EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            postgres = Some(conn);
+        }
+    }
     let status = refresh(&app.client, &session.refresh_token)
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "UNAVAILABLE");
     let status = app.login("alice@example.com", PASSWORD).await.unwrap_err();
     assert_status(&status, Code::Unavailable, "UNAVAILABLE");
-    sea_orm::sqlx::query("ROLLBACK")
-        .execute(&mut blocker)
-        .await
-        .unwrap();
+    if let Some(conn) = sqlite.as_mut() {
+        conn.execute("ROLLBACK").await.unwrap();
+    }
+    if let Some(conn) = postgres.as_mut() {
+        conn.execute("ROLLBACK").await.unwrap();
+    }
 
     let rotated = refresh(&app.client, &session.refresh_token).await;
     assert!(

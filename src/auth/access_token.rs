@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::AuthError;
 
 /// The `typ` header of every access token (RFC 9068), so no other JWT passes as one.
-pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+const ACCESS_TOKEN_TYPE: &str = "at+jwt";
 /// The one signing algorithm; tokens naming any other are refused.
 const ALGORITHM: Algorithm = Algorithm::EdDSA;
 

@@ -5,10 +5,10 @@ use secrecy::{ExposeSecret, SecretString};
 use super::AuthError;
 
 /// Longest email accepted, in bytes (RFC 5321's path limit).
-pub const MAX_EMAIL_BYTES: usize = 254;
+const MAX_EMAIL_BYTES: usize = 254;
 /// Longest password accepted, in bytes: argon2 takes any length, but hashing megabytes on
 /// request would be a cheap denial of service.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+const MAX_PASSWORD_BYTES: usize = 1024;
 /// Shortest password a new user may get.
 const MIN_NEW_PASSWORD_BYTES: usize = 8;
 

@@ -12,10 +12,8 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use access_token::{
-    ACCESS_TOKEN_TYPE, AccessClaims, KeyError, TokenKeys, load_or_generate_key,
-};
-pub use credentials::{Email, MAX_EMAIL_BYTES, MAX_PASSWORD_BYTES, Password};
+pub use access_token::{AccessClaims, KeyError, TokenKeys, load_or_generate_key};
+pub use credentials::{Email, Password};
 pub use error::AuthError;
 pub use password::PasswordHasher;
 pub use refresh_token::RefreshToken;
@@ -52,7 +50,7 @@ impl UserAdmin {
 }
 
 /// Longest access token accepted for validation; ours are well under 1 KiB.
-pub const MAX_ACCESS_TOKEN_BYTES: usize = 8 * 1024;
+const MAX_ACCESS_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The credentials handed out by a login or a refresh.
 #[derive(Debug)]

@@ -59,16 +59,6 @@ impl RevokedSessions {
             .contains_key(session_id)
     }
 
-    /// How many sessions are in the set.
-    pub fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Drops entries whose sessions can no longer have a live access token.
     fn prune(&self, now: DateTime<Utc>) {
         self.entries
@@ -136,7 +126,6 @@ mod tests {
             "old entry outlived every token it covered"
         );
         assert!(set.contains(&recent));
-        assert_eq!(set.len(), 1);
     }
 
     #[test]

@@ -6,8 +6,6 @@ use std::{future::Future, sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status};
 
-pub use status::ERROR_DOMAIN;
-
 use crate::{
     auth::{AuthError, Authenticator, Email, IssuedTokens, Password, RefreshToken},
     proto::{

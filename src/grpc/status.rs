@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 use crate::auth::AuthError;
 
 /// The ErrorInfo domain of every authd error.
-pub const ERROR_DOMAIN: &str = "authd";
+const ERROR_DOMAIN: &str = "authd";
 
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {

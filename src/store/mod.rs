@@ -66,7 +66,7 @@ fn is_transient(err: &DbErr) -> bool {
             // SQLite: primary codes BUSY (5) and LOCKED (6), also as extended codes
             // (code + 256 * n). PostgreSQL: connection exceptions (08), insufficient resources
             // (53), operator intervention such as a shutdown (57), serialisation and deadlock
-            // failures (40001, 40P01).
+            // failures (40001, 40P01), lock_timeout expired (55P03).
             match code.parse::<u32>() {
                 Ok(n)
                     if db
@@ -81,6 +81,7 @@ fn is_transient(err: &DbErr) -> bool {
                         || code.starts_with("57")
                         || code == "40001"
                         || code == "40P01"
+                        || code == "55P03"
                 }
             }
         }
@@ -183,7 +184,8 @@ impl Store {
             })?;
         }
         let mut options = ConnectOptions::new(config.database_url.clone());
-        let busy_timeout = config.sqlite_busy_timeout;
+        let lock_timeout = config.db_lock_timeout;
+        let lock_timeout_ms = lock_timeout.as_millis().to_string();
         options
             .max_connections(config.db_max_connections)
             .min_connections(0)
@@ -194,8 +196,11 @@ impl Store {
                 opts.journal_mode(SqliteJournalMode::Wal)
                     // FULL: a committed rotation survives power loss too, not only a crash.
                     .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(busy_timeout)
+                    .busy_timeout(lock_timeout)
                     .foreign_keys(true)
+            })
+            .map_sqlx_postgres_opts(move |opts| {
+                opts.options([("lock_timeout", lock_timeout_ms.as_str())])
             });
         let db = Database::connect(options).await?;
         Ok(Self { db })
@@ -204,12 +209,6 @@ impl Store {
     /// Applies every pending migration.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         Migrator::up(&self.db, None).await?;
-        Ok(())
-    }
-
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.ping().await?;
         Ok(())
     }
 
