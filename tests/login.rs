@@ -3,11 +3,8 @@
 
 mod common;
 
-use authd::{
-    proto::ValidateRequest,
-    store::entity::{refresh_token, session},
-};
-use common::{Backend, PASSWORD, TestApp, assert_status};
+use authd::store::entity::{refresh_token, session};
+use common::{Backend, PASSWORD, TestApp, assert_status, validate};
 use sea_orm::{Database, EntityTrait as _};
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -31,15 +28,9 @@ async fn login_returns_a_complete_token_pair(backend: Backend) {
     assert_eq!(login.refresh_token.len(), 43, "256 bits in base64url");
     let session_id = uuid::Uuid::parse_str(&login.session_id).expect("session_id is a UUID");
 
-    let validated = app
-        .client
-        .clone()
-        .validate(ValidateRequest {
-            access_token: login.access_token.clone(),
-        })
+    let validated = validate(&app.client, &login.access_token)
         .await
-        .expect("fresh access token validates")
-        .into_inner();
+        .expect("fresh access token validates");
     assert_eq!(validated.session_id, session_id.to_string());
     assert_eq!(validated.email, "alice@example.com");
     let (issued, expires) = (validated.issued_at.unwrap(), validated.expires_at.unwrap());
@@ -120,15 +111,7 @@ async fn email_is_matched_case_insensitively_and_trimmed(backend: Backend) {
         .login("  ALICE@example.COM ", PASSWORD)
         .await
         .expect("login");
-    let validated = app
-        .client
-        .clone()
-        .validate(ValidateRequest {
-            access_token: login.access_token,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let validated = validate(&app.client, &login.access_token).await.unwrap();
     assert_eq!(validated.email, "alice@example.com");
 }
 

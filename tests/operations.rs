@@ -5,8 +5,9 @@ mod common;
 
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 
-use authd::proto::ValidateRequest;
-use common::{Backend, TestApp, TestDatabase, process::AuthdProcess, process::authd_command};
+use common::{
+    Backend, TestApp, TestDatabase, process::AuthdProcess, process::authd_command, validate,
+};
 use tokio_stream::StreamExt as _;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -123,15 +124,9 @@ async fn a_restart_keeps_the_signing_key(backend: Backend) {
     }
 
     let app = TestApp::spawn_on(db, &[]).await;
-    let validated = app
-        .client
-        .clone()
-        .validate(ValidateRequest {
-            access_token: login.access_token,
-        })
+    let validated = validate(&app.client, &login.access_token)
         .await
-        .expect("a token issued before the restart still validates")
-        .into_inner();
+        .expect("a token issued before the restart still validates");
     assert_eq!(validated.session_id, login.session_id);
     assert_eq!(app.db.signing_key_pem(), key_before);
 }
@@ -211,7 +206,7 @@ mod refuses_to_start {
 /// Every call is logged, at debug level too, without a password or a token in any line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_name_each_call_but_never_a_secret() {
-    use common::{PASSWORD, add_user, login, logout, refresh, validate};
+    use common::{PASSWORD, add_user, login, logout, refresh};
     let db = TestDatabase::create(Backend::Sqlite).await;
     let server = AuthdProcess::spawn(&db, &[("RUST_LOG", "debug")]).await;
     let client = server.client().await;

@@ -5,12 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use authd::proto::{ValidateRequest, ValidateResponse};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{Backend, TestApp, assert_status, eventually};
+use common::{Backend, TestApp, assert_status, eventually, validate};
 use ed25519_dalek::{Signer as _, SigningKey, pkcs8::DecodePrivateKey as _};
 use serde_json::{Value, json};
-use tonic::{Code, Status};
+use tonic::Code;
 
 on_both_backends!(
     a_fresh_token_returns_its_user_session_and_times,
@@ -19,16 +18,6 @@ on_both_backends!(
     a_token_past_its_expiry_is_rejected_as_expired,
     a_token_expires_after_its_configured_lifetime,
 );
-
-async fn validate(app: &TestApp, token: &str) -> Result<ValidateResponse, Status> {
-    app.client
-        .clone()
-        .validate(ValidateRequest {
-            access_token: token.to_owned(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
 
 /// Signs `header.claims` with `key`, however odd the header and claims are.
 fn sign(key: &SigningKey, header: &Value, claims: &Value) -> String {
@@ -59,7 +48,9 @@ async fn a_fresh_token_returns_its_user_session_and_times(backend: Backend) {
     let login = app.user_with_session("alice@example.com").await;
     let after = chrono::Utc::now().timestamp();
 
-    let validated = validate(&app, &login.access_token).await.expect("valid");
+    let validated = validate(&app.client, &login.access_token)
+        .await
+        .expect("valid");
     let (_, claims) = parts(&login.access_token);
     assert_eq!(validated.user_id, claims["sub"].as_str().unwrap());
     uuid::Uuid::parse_str(&validated.user_id).expect("user_id is a UUID");
@@ -78,7 +69,7 @@ async fn a_fresh_token_returns_its_user_session_and_times(backend: Backend) {
 
 async fn an_empty_token_is_an_invalid_argument(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let status = validate(&app, "").await.unwrap_err();
+    let status = validate(&app.client, "").await.unwrap_err();
     assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
 }
 
@@ -96,7 +87,7 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
     let now = chrono::Utc::now().timestamp();
 
     // Sanity check of the forging helper: an exact re-signing with the server's key passes.
-    validate(&app, &sign(&server_key, &header, &claims))
+    validate(&app.client, &sign(&server_key, &header, &claims))
         .await
         .expect("re-signed token");
 
@@ -231,7 +222,7 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
         ),
     ];
     for (case, token) in cases {
-        match validate(&app, &token).await {
+        match validate(&app.client, &token).await {
             Ok(response) => panic!("{case}: accepted as {response:?}"),
             Err(status) => {
                 assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
@@ -249,7 +240,7 @@ async fn a_token_past_its_expiry_is_rejected_as_expired(backend: Backend) {
     let now = chrono::Utc::now().timestamp();
     claims["iat"] = json!(now - 120);
     claims["exp"] = json!(now - 60);
-    let status = validate(&app, &sign(&server_key, &header, &claims))
+    let status = validate(&app.client, &sign(&server_key, &header, &claims))
         .await
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_EXPIRED");
@@ -259,13 +250,13 @@ async fn a_token_expires_after_its_configured_lifetime(backend: Backend) {
     let app = TestApp::spawn_with(backend, &[("AUTH_ACCESS_TOKEN_TTL", "2s")]).await;
     let login = app.user_with_session("alice@example.com").await;
     assert_eq!(login.expires_in, 2);
-    validate(&app, &login.access_token)
+    validate(&app.client, &login.access_token)
         .await
         .expect("valid right after login");
     let status = eventually(
         Duration::from_secs(10),
         "the access token to expire",
-        || async { validate(&app, &login.access_token).await.err() },
+        || async { validate(&app.client, &login.access_token).await.err() },
     )
     .await;
     assert_status(&status, Code::Unauthenticated, "TOKEN_EXPIRED");

@@ -475,17 +475,8 @@ impl Store {
         now: DateTime<Utc>,
         limit: u64,
     ) -> Result<u64, StoreError> {
-        let batch = refresh_token::Entity::find()
-            .select_only()
-            .column(refresh_token::Column::Id)
-            .filter(refresh_token::Column::ExpiresAt.lte(now))
-            .limit(limit)
-            .into_query();
-        Ok(refresh_token::Entity::delete_many()
-            .filter(refresh_token::Column::Id.in_subquery(batch))
-            .exec(&self.db)
-            .await?
-            .rows_affected)
+        let (id, expires_at) = (refresh_token::Column::Id, refresh_token::Column::ExpiresAt);
+        Ok(delete_expired::<refresh_token::Entity>(&self.db, id, expires_at, now, limit).await?)
     }
 
     /// Deletes up to `limit` sessions that ended before `now` (their tokens, all expired by
@@ -495,18 +486,31 @@ impl Store {
         now: DateTime<Utc>,
         limit: u64,
     ) -> Result<u64, StoreError> {
-        let batch = session::Entity::find()
-            .select_only()
-            .column(session::Column::Id)
-            .filter(session::Column::ExpiresAt.lte(now))
-            .limit(limit)
-            .into_query();
-        Ok(session::Entity::delete_many()
-            .filter(session::Column::Id.in_subquery(batch))
-            .exec(&self.db)
-            .await?
-            .rows_affected)
+        let (id, expires_at) = (session::Column::Id, session::Column::ExpiresAt);
+        Ok(delete_expired::<session::Entity>(&self.db, id, expires_at, now, limit).await?)
     }
+}
+
+/// `DELETE FROM table WHERE id IN (SELECT id ... WHERE expires_at <= now LIMIT limit)`: a
+/// bounded batch that works the same on SQLite and PostgreSQL.
+async fn delete_expired<E: EntityTrait>(
+    db: &impl ConnectionTrait,
+    id: E::Column,
+    expires_at: E::Column,
+    now: DateTime<Utc>,
+    limit: u64,
+) -> Result<u64, DbErr> {
+    let batch = E::find()
+        .select_only()
+        .column(id)
+        .filter(expires_at.lte(now))
+        .limit(limit)
+        .into_query();
+    Ok(E::delete_many()
+        .filter(id.in_subquery(batch))
+        .exec(db)
+        .await?
+        .rows_affected)
 }
 
 /// Revokes the live sessions matching `condition`; returns how many.
