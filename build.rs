@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let well_known = protoc_bin_vendored::include_path()?;
     let includes = [PathBuf::from("proto"), well_known];
     tonic_prost_build::configure()
+        .codec_path("crate::grpc::codec::StrictProstCodec")
         .file_descriptor_set_path(out_dir.join("auth_descriptor.bin"))
         .compile_with_config(
             config,

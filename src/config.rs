@@ -53,6 +53,9 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `AUTH_DB_PROBE_INTERVAL`: how often a background probe checks the database; health is
+    /// NOT_SERVING while it fails (each probe gives up after `AUTH_DB_ACQUIRE_TIMEOUT`).
+    pub db_probe_interval: Duration,
     /// `AUTH_REVOCATION_POLL`: how often revocations made by other replicas (or the CLI) are
     /// read from the database; Validate honours them within about this long.
     pub revocation_poll: Duration,
@@ -135,6 +138,7 @@ impl Config {
                 1..=1024,
             )?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
+            db_probe_interval: vars.duration("AUTH_DB_PROBE_INTERVAL", "5s")?,
             revocation_poll: vars.duration("AUTH_REVOCATION_POLL", "1s")?,
             cleanup_schedule: cron_schedule(vars.raw("AUTH_CLEANUP_SCHEDULE", "0 0 0 * * *"))?,
             cleanup_batch_size: vars.number("AUTH_CLEANUP_BATCH_SIZE", 1000, 1..=100_000)?,

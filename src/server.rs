@@ -1,6 +1,6 @@
 //! Assembles the gRPC server: AuthService, health and reflection, and the shutdown sequence.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -102,12 +102,22 @@ impl Application {
         .await
         .context("while starting the cleanup schedule (AUTH_CLEANUP_SCHEDULE)")?;
 
+        let probe = tokio::spawn(probe_database(
+            self.store.clone(),
+            health.clone(),
+            self.config.db_probe_interval,
+            self.config.db_acquire_timeout,
+        ));
+
         let address = self.local_addr()?;
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_health = health.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            // Stop the probe first so it cannot turn health back to SERVING.
+            probe.abort();
+            let _ = probe.await;
             set_health(&signal_health, ServingStatus::NotServing).await;
             let _ = draining_tx.send(());
         };
@@ -166,6 +176,39 @@ fn load_token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
     .context("while loading the signing key (AUTH_SIGNING_KEY_FILE)")?;
     TokenKeys::from_pem(&pem, &config.issuer, &config.audience, config.jwt_leeway)
         .map_err(|e| anyhow::anyhow!("while loading the signing key: {e}"))
+}
+
+/// Checks the database every `interval`: health is NOT_SERVING while it does not answer
+/// within `timeout`, SERVING again once it does. Runs until aborted.
+async fn probe_database(
+    store: Store,
+    health: HealthReporter,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        ticker.tick().await;
+        let outcome = tokio::time::timeout(timeout, store.ping()).await;
+        let now_reachable = matches!(outcome, Ok(Ok(())));
+        if now_reachable == reachable {
+            continue;
+        }
+        reachable = now_reachable;
+        if reachable {
+            tracing::info!("database reachable again: health SERVING");
+            set_health(&health, ServingStatus::Serving).await;
+        } else {
+            let error = match outcome {
+                Ok(Err(e)) => crate::error_chain(&e),
+                _ => format!("no answer within {timeout:?}"),
+            };
+            tracing::error!(%error, "database unreachable: health NOT_SERVING");
+            set_health(&health, ServingStatus::NotServing).await;
+        }
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

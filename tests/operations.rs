@@ -9,7 +9,7 @@ use common::{
     Backend, TestApp, TestDatabase, process::AuthdProcess, process::authd_command, validate,
 };
 use tokio_stream::StreamExt as _;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -21,17 +21,9 @@ on_both_backends!(
     sigterm_drains_and_exits_cleanly,
 );
 
-async fn channel(app: &TestApp) -> Channel {
-    Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 async fn health_is_serving_for_the_server_and_the_service(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let mut health = HealthClient::new(channel(&app).await);
+    let mut health = HealthClient::new(common::channel(app.addr).await);
     for service in ["", "auth.v1.AuthService"] {
         let response = health
             .check(HealthCheckRequest {
@@ -65,7 +57,8 @@ async fn reflection_lists_and_describes_the_service(backend: Backend) {
             String::new(),
         )),
     };
-    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel(&app).await);
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(common::channel(app.addr).await);
     let mut responses = client
         .server_reflection_info(tokio_stream::iter([request]))
         .await
@@ -90,8 +83,9 @@ async fn reflection_lists_and_describes_the_service(backend: Backend) {
             ),
         ),
     };
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&app).await);
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(
+        common::channel(app.addr).await,
+    );
     let mut responses = client
         .server_reflection_info(tokio_stream::iter([request]))
         .await

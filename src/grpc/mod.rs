@@ -1,5 +1,6 @@
 //! Transport only: proto messages in, domain calls, proto messages or a `Status` out.
 
+pub mod codec;
 mod status;
 
 use std::{future::Future, sync::Arc, time::Instant};

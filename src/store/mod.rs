@@ -212,6 +212,12 @@ impl Store {
         Ok(())
     }
 
+    /// Checks that the database answers (a pooled connection and a round trip).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(self) -> Result<(), StoreError> {
         self.db.close().await?;

@@ -19,6 +19,9 @@ use authd::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tonic_types::StatusExt as _;
 
 pub use postgres::TestDatabase;
@@ -189,7 +192,12 @@ async fn user_admin(config: &Config) -> UserAdmin {
 
 /// Adds a user to a test database, as `authd user add` would, hashing at test cost.
 pub async fn add_user(db: &TestDatabase, email: &str, password: &str) {
-    let config = Config::from_vars(settings(db, &[])).expect("test settings are valid");
+    add_user_with(db, &[], email, password).await;
+}
+
+/// Adds a user with the argon2 cost (and other settings) of `extra`.
+pub async fn add_user_with(db: &TestDatabase, extra: &[(&str, &str)], email: &str, password: &str) {
+    let config = Config::from_vars(settings(db, extra)).expect("test settings are valid");
     user_admin(&config)
         .await
         .add_user(
@@ -246,17 +254,48 @@ pub async fn validate(client: &Client, access_token: &str) -> Result<ValidateRes
         .map(|r| r.into_inner())
 }
 
+/// The health status the server reports for `service` ("" for the whole server).
+pub async fn health(addr: SocketAddr, service: &str) -> Result<ServingStatus, Status> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid URI")
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status())
+}
+
+/// Polls until both "" and `auth.v1.AuthService` report `wanted`.
+pub async fn wait_for_health(addr: SocketAddr, wanted: ServingStatus, deadline: Duration) {
+    eventually(deadline, &format!("health {wanted:?}"), || async {
+        for service in ["", "auth.v1.AuthService"] {
+            if health(addr, service).await.ok()? != wanted {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
 /// The generated client over a tonic channel.
 pub type Client = AuthServiceClient<Channel>;
 
-pub async fn connect(addr: SocketAddr) -> AuthServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
         .expect("valid URI")
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .expect("client connects");
-    AuthServiceClient::new(channel)
+        .expect("client connects")
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    AuthServiceClient::new(channel(addr).await)
 }
 
 /// Asserts a status's code and its ErrorInfo reason (domain `authd`).

@@ -46,30 +46,32 @@ impl TestDatabase {
             }
             Backend::Postgres => {
                 let (server_url, server) = postgres_server();
-                let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
-                let admin_url = format!("{server_url}/postgres");
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("create test database");
-                admin.close().await.expect("close admin connection");
-                let key_dir = tempfile::tempdir().expect("temp dir");
-                authd::auth::load_or_generate_key(
-                    None,
-                    Some(&key_dir.path().join("signing_key.pem")),
-                )
-                .expect("test signing key");
-                Self::Postgres {
-                    url: format!("{server_url}/{name}"),
-                    name,
-                    admin_url,
-                    key_dir,
-                    _server: server,
-                }
+                Self::create_on(&server_url, server).await
             }
+        }
+    }
+
+    /// A fresh database on a particular PostgreSQL server (one a test stops and starts).
+    pub async fn create_on(server_url: &str, server: Option<Arc<ThrowawayPostgres>>) -> Self {
+        let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = format!("{server_url}/postgres");
+        let admin = Database::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin connection");
+        let key_dir = tempfile::tempdir().expect("temp dir");
+        authd::auth::load_or_generate_key(None, Some(&key_dir.path().join("signing_key.pem")))
+            .expect("test signing key");
+        Self::Postgres {
+            url: format!("{server_url}/{name}"),
+            name,
+            admin_url,
+            key_dir,
+            _server: server,
         }
     }
 
