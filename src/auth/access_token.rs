@@ -323,6 +323,45 @@ mod tests {
         ));
     }
 
+    fn shared_keys() -> &'static TokenKeys {
+        static KEYS: std::sync::OnceLock<TokenKeys> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            keys(dir.path())
+        })
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_is_never_a_valid_token(raw in ".{0,300}") {
+            let result = shared_keys().verify(&raw);
+            proptest::prop_assert!(matches!(result, Err(AuthError::AccessTokenInvalid)));
+        }
+
+        #[test]
+        fn arbitrary_jwt_shaped_input_is_never_valid(
+            header in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            claims in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            signature in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            kid_header in proptest::bool::ANY,
+        ) {
+            let keys = shared_keys();
+            let header = if kid_header {
+                format!(r#"{{"alg":"EdDSA","typ":"at+jwt","kid":"{}"}}"#, keys.kid()).into_bytes()
+            } else {
+                header
+            };
+            let token = format!("{}.{}.{}", b64(&header), b64(&claims), b64(&signature));
+            let result = keys.verify(&token);
+            proptest::prop_assert!(matches!(result, Err(AuthError::AccessTokenInvalid)));
+        }
+    }
+
     #[test]
     fn a_key_that_is_not_ed25519_pkcs8_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -27,7 +27,10 @@ impl Email {
         if trimmed.is_empty() {
             return Err(invalid("must not be empty"));
         }
-        if trimmed.len() > MAX_EMAIL_BYTES {
+        // Measured after lower-casing, which can lengthen some characters: the stored form
+        // must fit the column.
+        let normalised = trimmed.to_lowercase();
+        if trimmed.len() > MAX_EMAIL_BYTES || normalised.len() > MAX_EMAIL_BYTES {
             return Err(invalid("must be at most 254 bytes"));
         }
         let well_formed = matches!(trimmed.split_once('@'), Some((local, domain))
@@ -36,7 +39,7 @@ impl Email {
         if !well_formed {
             return Err(invalid("must look like name@domain"));
         }
-        Ok(Self(trimmed.to_lowercase()))
+        Ok(Self(normalised))
     }
 
     /// The normalised address.
@@ -139,6 +142,37 @@ mod tests {
         assert!(Password::parse_new("x".repeat(7)).is_err());
         assert!(Password::parse_new("x".repeat(8)).is_ok());
         assert!(Password::parse_new("x".repeat(1025)).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_a_normalised_email_or_an_invalid_argument(raw in ".*") {
+            match Email::parse(&raw) {
+                Ok(email) => {
+                    proptest::prop_assert!(email.as_str().len() <= MAX_EMAIL_BYTES);
+                    proptest::prop_assert_eq!(email.as_str(), raw.trim().to_lowercase());
+                    proptest::prop_assert_eq!(email.as_str().matches('@').count(), 1);
+                }
+                Err(e) => {
+                    let invalid_email = matches!(e, AuthError::InvalidArgument { field: "email", .. });
+                    proptest::prop_assert!(invalid_email, "unexpected error {:?}", e);
+                }
+            }
+        }
+
+        #[test]
+        fn a_password_is_accepted_exactly_when_its_length_is_in_bounds(raw in proptest::collection::vec(proptest::char::any(), 0..1100)) {
+            let raw: String = raw.into_iter().collect();
+            let in_bounds = (1..=MAX_PASSWORD_BYTES).contains(&raw.len());
+            match Password::parse(raw) {
+                Ok(_) => proptest::prop_assert!(in_bounds),
+                Err(e) => {
+                    proptest::prop_assert!(!in_bounds);
+                    let invalid_password = matches!(e, AuthError::InvalidArgument { field: "password", .. });
+                    proptest::prop_assert!(invalid_password, "unexpected error {:?}", e);
+                }
+            }
+        }
     }
 
     #[test]

@@ -95,6 +95,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_string_parses_or_is_refused_with_a_documented_error(raw in ".{0,64}|[A-Za-z0-9_-]{43}") {
+            let well_formed = raw.len() == 43
+                && raw.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+            match RefreshToken::parse(raw.clone()) {
+                Ok(token) => {
+                    proptest::prop_assert!(well_formed);
+                    proptest::prop_assert_eq!(token.expose(), raw.as_str());
+                }
+                Err(AuthError::InvalidArgument { .. }) => proptest::prop_assert!(raw.is_empty()),
+                Err(AuthError::RefreshTokenInvalid) => proptest::prop_assert!(!well_formed && !raw.is_empty()),
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn debug_does_not_print_the_token() {
         let token = RefreshToken::generate().unwrap();
