@@ -1,24 +1,36 @@
-//! Password hashing with argon2id, off the async runtime and bounded in concurrency.
+//! Password hashing with argon2id on a few dedicated threads that reuse their memory.
+//!
+//! Each hash needs `memory_kib` of working memory. Allocating it per hash makes glibc keep
+//! freed blocks around (its mmap threshold grows with them): a login flood then held hundreds
+//! of MiB. Instead each hashing thread keeps one buffer and reuses it, so memory is bounded by
+//! `concurrency x memory_kib` and no page is faulted in twice.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
-    password_hash::{self, SaltString},
+    Algorithm, Argon2, Block, Params, PasswordHash, Version,
+    password_hash::{Output, ParamsString, SaltString},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Span;
 
 use super::{AuthError, credentials::Password};
 use crate::config::Argon2Settings;
 
-/// Hashes and verifies passwords on tokio's blocking pool, at most `concurrency` at a time, so
-/// a burst of logins cannot starve the async runtime or exhaust memory (each hash holds
-/// `memory_kib`).
+/// Length of a new hash's output, in bytes.
+const OUTPUT_LEN: usize = 32;
+/// Length of a new hash's salt, in bytes.
+const SALT_LEN: usize = 16;
+
+/// Work for a hashing thread: runs with that thread's reusable memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// Hashes and verifies passwords on `concurrency` dedicated threads, so a burst of logins
+/// never starves the async runtime and never holds more than `concurrency` hashes' memory.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    argon2: Argon2<'static>,
-    permits: Arc<Semaphore>,
+    params: Params,
+    jobs: mpsc::Sender<Job>,
     /// Verified against when the email is unknown, so that case costs the same time.
     dummy_hash: Arc<str>,
 }
@@ -26,39 +38,54 @@ pub struct PasswordHasher {
 impl std::fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PasswordHasher")
-            .field("params", self.argon2.params())
+            .field("params", &self.params)
             .finish_non_exhaustive()
     }
 }
 
 impl PasswordHasher {
-    /// Builds the hasher and its dummy hash (one hash at the configured cost).
+    /// Starts the hashing threads. They stop when the last clone of the hasher is dropped.
     pub fn new(settings: Argon2Settings, concurrency: usize) -> Result<Self, AuthError> {
         let params = Params::new(
             settings.memory_kib,
             settings.iterations,
             settings.parallelism,
-            None,
+            Some(OUTPUT_LEN),
         )
         .map_err(internal)?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let dummy_hash = hash_with(&argon2, b"authd dummy password: never matches a login")?;
+        let (jobs, queue) = mpsc::channel::<Job>(concurrency);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..concurrency {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || hashing_thread(&queue))
+                .map_err(internal)?;
+        }
+        // Random salt and output: verifying against it costs a full hash and never matches.
+        let dummy_hash = phc_string(&params, &random::<SALT_LEN>()?, &random::<OUTPUT_LEN>()?)?;
         Ok(Self {
-            argon2,
-            permits: Arc::new(Semaphore::new(concurrency)),
+            params,
+            jobs,
             dummy_hash: dummy_hash.into(),
         })
     }
 
     /// The PHC string (algorithm, parameters, salt, hash) of a new password.
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
-        let argon2 = self.argon2.clone();
-        self.run_blocking(move || hash_with(&argon2, password.expose()))
-            .await?
+        let params = self.params.clone();
+        self.run(move |memory| {
+            let salt = random::<SALT_LEN>()?;
+            let mut output = [0u8; OUTPUT_LEN];
+            argon2id(&params, password.expose(), &salt, &mut output, memory)?;
+            phc_string(&params, &salt, &output)
+        })
+        .await?
     }
 
-    /// Whether `password` matches `stored` (a PHC string). With `stored` absent it checks
-    /// against the dummy hash and answers false, taking the same time as a real check.
+    /// Whether `password` matches `stored` (a PHC string), compared in constant time. With
+    /// `stored` absent it checks against the dummy hash and answers false, taking the same time
+    /// as a real check.
     pub async fn verify(
         &self,
         password: Password,
@@ -66,40 +93,130 @@ impl PasswordHasher {
     ) -> Result<bool, AuthError> {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let argon2 = self.argon2.clone();
         let matched = self
-            .run_blocking(move || {
-                let parsed = PasswordHash::new(&phc).map_err(internal)?;
-                match argon2.verify_password(password.expose(), &parsed) {
-                    Ok(()) => Ok(true),
-                    Err(password_hash::Error::Password) => Ok(false),
-                    Err(e) => Err(internal(e)),
-                }
-            })
+            .run(move |memory| verify_phc(&phc, password.expose(), memory))
             .await??;
         Ok(known && matched)
     }
 
-    async fn run_blocking<T: Send + 'static>(
+    /// Runs `work` on a hashing thread, waiting for a free one.
+    async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, AuthError> {
-        let _permit = self.permits.acquire().await.map_err(internal)?;
+        let (done, result) = oneshot::channel();
         let span = Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .await
-            .map_err(internal)
+        let job: Job = Box::new(move |memory| {
+            let _ = done.send(span.in_scope(|| work(memory)));
+        });
+        self.jobs.send(job).await.map_err(internal)?;
+        result.await.map_err(internal)
     }
 }
 
-fn hash_with(argon2: &Argon2<'_>, password: &[u8]) -> Result<String, AuthError> {
-    let mut salt = [0u8; 16];
-    getrandom::getrandom(&mut salt).map_err(internal)?;
-    let salt = SaltString::encode_b64(&salt).map_err(internal)?;
-    Ok(argon2
-        .hash_password(password, &salt)
+/// Takes jobs until every sender is gone; the buffer grows to the largest hash seen.
+fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    let mut memory = Vec::new();
+    loop {
+        // Only the idle thread that holds the lock waits on the queue; the others wait for the
+        // lock. A poisoned lock means a job panicked while receiving: keep serving.
+        let job = queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocking_recv();
+        match job {
+            Some(job) => job(&mut memory),
+            None => return,
+        }
+    }
+}
+
+/// argon2 of `password` and `salt` under `params` into `output`, in `memory`, which is wiped
+/// afterwards.
+fn argon2id_with(
+    algorithm: Algorithm,
+    version: Version,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    output: &mut [u8],
+    memory: &mut Vec<Block>,
+) -> Result<(), AuthError> {
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let result = Argon2::new(algorithm, version, params.clone())
+        .hash_password_into_with_memory(password, salt, output, &mut memory[..blocks])
+        .map_err(internal);
+    memory[..blocks].fill(Block::default());
+    result
+}
+
+fn argon2id(
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    output: &mut [u8],
+    memory: &mut Vec<Block>,
+) -> Result<(), AuthError> {
+    argon2id_with(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params,
+        password,
+        salt,
+        output,
+        memory,
+    )
+}
+
+/// Recomputes a stored hash with its own algorithm, version and parameters.
+fn verify_phc(phc: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bool, AuthError> {
+    let parsed = PasswordHash::new(phc).map_err(internal)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(internal)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
         .map_err(internal)?
-        .to_string())
+        .unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(internal)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(internal("stored hash lacks a salt or an output"));
+    };
+    let mut salt_buffer = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buffer).map_err(internal)?;
+    let mut output = vec![0u8; expected.len()];
+    argon2id_with(
+        algorithm,
+        version,
+        &params,
+        password,
+        salt,
+        &mut output,
+        memory,
+    )?;
+    // `Output`'s equality is constant-time.
+    Ok(Output::new(&output).map_err(internal)? == expected)
+}
+
+fn phc_string(params: &Params, salt: &[u8], output: &[u8]) -> Result<String, AuthError> {
+    let salt = SaltString::encode_b64(salt).map_err(internal)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(internal)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(output).map_err(internal)?),
+    };
+    Ok(hash.to_string())
+}
+
+fn random<const N: usize>() -> Result<[u8; N], AuthError> {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).map_err(internal)?;
+    Ok(bytes)
 }
 
 fn internal(err: impl std::fmt::Display) -> AuthError {
@@ -108,6 +225,8 @@ fn internal(err: impl std::fmt::Display) -> AuthError {
 
 #[cfg(test)]
 mod tests {
+    use argon2::PasswordVerifier as _;
+
     use super::*;
 
     fn cheap() -> PasswordHasher {
@@ -143,10 +262,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unknown_user_never_verifies_even_with_the_dummy_password() {
+    async fn hashes_agree_with_the_reference_implementation() {
         let hasher = cheap();
-        let dummy = pw("authd dummy password: never matches a login");
-        assert!(!hasher.verify(dummy, None).await.unwrap());
+        let ours = hasher.hash(pw("correct horse")).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+
+        use argon2::PasswordHasher as _;
+        let salt = SaltString::encode_b64(b"sixteen byte salt").unwrap();
+        let reference = Argon2::default()
+            .hash_password(b"pw-from-elsewhere", &salt)
+            .unwrap()
+            .to_string();
+        assert!(
+            hasher
+                .verify(pw("pw-from-elsewhere"), Some(reference.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(pw("pw-from-elsewher"), Some(reference))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_never_verifies() {
+        let hasher = cheap();
+        assert!(!hasher.verify(pw("anything"), None).await.unwrap());
+        assert!(
+            hasher
+                .dummy_hash
+                .starts_with("$argon2id$v=19$m=64,t=1,p=1$")
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,267 @@
+//! A load generator for a running authd: `cargo run --release --example load -- --help`.
+//!
+//! Workers share a few connections and keep a fixed number of calls in flight. Each worker
+//! logs in once and keeps its own session: Refresh follows its own rotation chain, Validate
+//! uses its current access token. At the end it prints, per call, the throughput, the latency
+//! percentiles and the error counts by status code.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: failing loudly is right
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use authd::proto::{
+    LoginRequest, RefreshRequest, ValidateRequest, auth_service_client::AuthServiceClient,
+};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Validate only.
+    Validate,
+    /// Login only (argon2 bound).
+    Login,
+    /// Refresh only, each worker along its own rotation chain.
+    Refresh,
+    /// gRPC health Check: the transport floor.
+    Health,
+    /// 80% Validate, 15% Refresh, 5% Login.
+    Mixed,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// authd's address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    #[arg(long, value_enum, default_value = "mixed")]
+    mode: Mode,
+    /// How long to run, e.g. 30s or 10m.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// HTTP/2 connections shared by the workers.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight at once (one worker each).
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// The user every worker logs in as.
+    #[arg(long, default_value = "load@example.com")]
+    email: String,
+    #[arg(long, default_value = "correct horse battery staple")]
+    password: String,
+    /// Print one line of progress (calls so far) this often; 0 turns it off.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    progress: Duration,
+}
+
+/// Latencies and outcomes of one kind of call.
+#[derive(Debug)]
+struct Stats {
+    latency_us: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            errors: BTreeMap::new(),
+        }
+    }
+}
+
+type Report = Arc<Mutex<BTreeMap<&'static str, Stats>>>;
+
+fn record(
+    report: &Report,
+    call: &'static str,
+    started: Instant,
+    outcome: Result<(), tonic::Status>,
+) {
+    let micros = u64::try_from(started.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut report = report.lock().unwrap();
+    let stats = report.entry(call).or_insert_with(Stats::new);
+    match outcome {
+        Ok(()) => stats.latency_us.saturating_record(micros),
+        Err(status) => {
+            *stats
+                .errors
+                .entry(format!("{:?}", status.code()))
+                .or_default() += 1
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = Channel::from_shared(args.target.clone())
+            .expect("a valid target URL")
+            .connect()
+            .await
+            .expect("authd answers");
+        channels.push(channel);
+    }
+    let report: Report = Arc::default();
+    let deadline = Instant::now() + args.duration;
+    let started = Instant::now();
+    let args = Arc::new(args);
+
+    let mut workers = Vec::new();
+    for worker in 0..args.in_flight {
+        let channel = channels[worker % channels.len()].clone();
+        let (args, report) = (Arc::clone(&args), Arc::clone(&report));
+        workers.push(tokio::spawn(run_worker(
+            worker, channel, args, report, deadline,
+        )));
+    }
+    if !args.progress.is_zero() {
+        let report = Arc::clone(&report);
+        let every = args.progress;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let done: u64 = report
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .map(|s| s.latency_us.len())
+                    .sum();
+                println!(
+                    "progress {:>6.0}s {done} calls",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        });
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    print_report(&report.lock().unwrap(), started.elapsed(), &args);
+}
+
+async fn run_worker(
+    worker: usize,
+    channel: Channel,
+    args: Arc<Args>,
+    report: Report,
+    deadline: Instant,
+) {
+    let mut auth = AuthServiceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let login = LoginRequest {
+        email: args.email.clone(),
+        password: args.password.clone(),
+    };
+    let needs_session = !matches!(args.mode, Mode::Health | Mode::Login);
+    let mut session = if needs_session {
+        Some(
+            auth.login(login.clone())
+                .await
+                .expect("initial login")
+                .into_inner(),
+        )
+    } else {
+        None
+    };
+    let mut turn: usize = worker;
+    while Instant::now() < deadline {
+        turn = turn.wrapping_add(1);
+        let call = match args.mode {
+            Mode::Mixed => match turn % 20 {
+                0 => Mode::Login,
+                1..=3 => Mode::Refresh,
+                _ => Mode::Validate,
+            },
+            mode => mode,
+        };
+        let started = Instant::now();
+        match call {
+            Mode::Validate => {
+                let token = session
+                    .as_ref()
+                    .map(|s| s.access_token.clone())
+                    .unwrap_or_default();
+                let result = auth
+                    .validate(ValidateRequest {
+                        access_token: token,
+                    })
+                    .await;
+                record(&report, "Validate", started, result.map(drop));
+            }
+            Mode::Refresh => {
+                let token = session
+                    .as_ref()
+                    .map(|s| s.refresh_token.clone())
+                    .unwrap_or_default();
+                match auth
+                    .refresh(RefreshRequest {
+                        refresh_token: token,
+                    })
+                    .await
+                {
+                    Ok(next) => {
+                        record(&report, "Refresh", started, Ok(()));
+                        let next = next.into_inner();
+                        if let Some(s) = session.as_mut() {
+                            s.access_token = next.access_token;
+                            s.refresh_token = next.refresh_token;
+                        }
+                    }
+                    Err(status) => {
+                        record(&report, "Refresh", started, Err(status));
+                        // Start a new chain so one failure does not poison the rest of the run.
+                        if let Ok(fresh) = auth.login(login.clone()).await {
+                            session = Some(fresh.into_inner());
+                        }
+                    }
+                }
+            }
+            Mode::Login => {
+                let result = auth.login(login.clone()).await;
+                record(&report, "Login", started, result.map(drop));
+            }
+            Mode::Health | Mode::Mixed => {
+                let result = health.check(HealthCheckRequest::default()).await;
+                record(&report, "Health", started, result.map(drop));
+            }
+        }
+    }
+}
+
+fn print_report(report: &BTreeMap<&'static str, Stats>, elapsed: Duration, args: &Args) {
+    println!(
+        "mode={:?} duration={:.1}s connections={} in_flight={}",
+        args.mode,
+        elapsed.as_secs_f64(),
+        args.connections,
+        args.in_flight
+    );
+    println!(
+        "{:<9} {:>10} {:>10} {:>9} {:>9} {:>9}  errors",
+        "call", "ok", "per_sec", "p50_ms", "p99_ms", "p999_ms"
+    );
+    for (call, stats) in report {
+        let h = &stats.latency_us;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{call:<9} {:>10} {:>10.0} {:>9.2} {:>9.2} {:>9.2}  {:?}",
+            h.len(),
+            h.len() as f64 / elapsed.as_secs_f64(),
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            stats.errors
+        );
+    }
+}
