@@ -24,6 +24,8 @@ pub struct ConfigError {
 pub struct Config {
     /// `AUTH_LISTEN`: the gRPC listen address. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// `AUTH_HTTP_LISTEN`: the plain-HTTP listen address for `/.well-known/jwks.json`.
+    pub http_listen: SocketAddr,
     /// `AUTH_DATABASE_URL`: `sqlite://PATH?mode=rwc` or `postgres://USER@HOST/DB`.
     pub database_url: String,
     /// `AUTH_DB_MAX_CONNECTIONS`: the size of the connection pool.
@@ -37,6 +39,10 @@ pub struct Config {
     /// `AUTH_SIGNING_KEY_FILE`: Ed25519 private key (PKCS#8 PEM) that signs access tokens.
     /// Unset: a key is generated on first start and kept beside the SQLite database.
     pub signing_key_file: Option<PathBuf>,
+    /// `AUTH_VERIFICATION_KEY_FILES`: comma-separated Ed25519 keys (public SPKI PEM, or retired
+    /// private keys) whose tokens are still accepted: list the old key here when rotating, and
+    /// remove it once its tokens have expired.
+    pub verification_key_files: Vec<PathBuf>,
     /// `AUTH_ISSUER`: the `iss` claim written and required.
     pub issuer: String,
     /// `AUTH_AUDIENCE`: the `aud` claim written and required.
@@ -45,12 +51,21 @@ pub struct Config {
     pub access_token_ttl: Duration,
     /// `AUTH_REFRESH_TOKEN_TTL`: lifetime of a refresh token.
     pub refresh_token_ttl: Duration,
+    /// `AUTH_SESSION_MAX_LIFETIME`: a session's absolute lifetime from its login; rotation
+    /// never extends a session past it.
+    pub session_max_lifetime: Duration,
     /// `AUTH_JWT_LEEWAY`: clock skew tolerated on `exp` and `nbf`.
     pub jwt_leeway: Duration,
     /// `AUTH_ARGON2_*`: cost of password hashing.
     pub argon2: Argon2Settings,
     /// `AUTH_PASSWORD_HASH_CONCURRENCY`: how many password hashes run at once; more wait.
     pub password_hash_concurrency: usize,
+    /// `AUTH_PASSWORD_HASH_QUEUE`: logins that may wait for a hashing thread; past that,
+    /// Login answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
+    pub password_hash_queue: usize,
+    /// `AUTH_MAX_REQUEST_BYTES`: largest request message accepted; larger ones are refused
+    /// with RESOURCE_EXHAUSTED before they are decoded.
+    pub max_request_bytes: usize,
     /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// `AUTH_DB_PROBE_INTERVAL`: how often a background probe checks the database; health is
@@ -121,21 +136,36 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = Self {
             listen: vars.parsed("AUTH_LISTEN", "127.0.0.1:50051")?,
+            http_listen: vars.parsed("AUTH_HTTP_LISTEN", "127.0.0.1:8080")?,
             database_url: vars.text("AUTH_DATABASE_URL", DEFAULT_DATABASE_URL)?,
             db_max_connections: vars.number("AUTH_DB_MAX_CONNECTIONS", 10, 1..=1000)?,
             db_acquire_timeout: vars.duration("AUTH_DB_ACQUIRE_TIMEOUT", "3s")?,
             db_lock_timeout: vars.duration("AUTH_DB_LOCK_TIMEOUT", "2s")?,
             signing_key_file: vars.0.get("AUTH_SIGNING_KEY_FILE").map(PathBuf::from),
+            verification_key_files: vars
+                .raw("AUTH_VERIFICATION_KEY_FILES", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
             issuer: vars.text("AUTH_ISSUER", "authd")?,
             audience: vars.text("AUTH_AUDIENCE", "internal-services")?,
             access_token_ttl: vars.duration("AUTH_ACCESS_TOKEN_TTL", "15m")?,
             refresh_token_ttl: vars.duration("AUTH_REFRESH_TOKEN_TTL", "7d")?,
+            session_max_lifetime: vars.duration("AUTH_SESSION_MAX_LIFETIME", "30d")?,
             jwt_leeway: vars.duration_allowing_zero("AUTH_JWT_LEEWAY", "0s")?,
             argon2,
             password_hash_concurrency: vars.number(
                 "AUTH_PASSWORD_HASH_CONCURRENCY",
                 cores,
                 1..=1024,
+            )?,
+            password_hash_queue: vars.number("AUTH_PASSWORD_HASH_QUEUE", 64, 1..=100_000)?,
+            max_request_bytes: vars.number(
+                "AUTH_MAX_REQUEST_BYTES",
+                16 * 1024,
+                1024..=4 * 1024 * 1024,
             )?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
             db_probe_interval: vars.duration("AUTH_DB_PROBE_INTERVAL", "5s")?,
@@ -155,6 +185,7 @@ impl Config {
         for (variable, ttl) in [
             ("AUTH_ACCESS_TOKEN_TTL", config.access_token_ttl),
             ("AUTH_REFRESH_TOKEN_TTL", config.refresh_token_ttl),
+            ("AUTH_SESSION_MAX_LIFETIME", config.session_max_lifetime),
         ] {
             if ttl.as_secs() == 0 {
                 return Err(error(

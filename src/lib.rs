@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cleanup;
 pub mod config;
 pub mod grpc;
+pub mod http;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use authd::{
-    auth::{Email, Password, PasswordHasher, UserAdmin},
+    auth::{Email, KeyError, Password, PasswordHasher, UserAdmin, generate_key_file},
     cleanup,
     config::Config,
     server::{self, Application},
@@ -34,6 +34,19 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600). Never overwrites a file.
+    Generate {
+        /// Where to write the key.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,8 +87,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Key generation needs no settings: it must work before any are written.
+    if let Command::Keys(KeysCommand::Generate { out }) = &command {
+        return generate_key(out);
+    }
     let config = Config::from_env().context("invalid configuration")?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
+        Command::Keys(_) => Ok(()),
         Command::Serve => {
             let app = Application::build(config).await?;
             app.run_until(shutdown_signal()).await
@@ -98,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::User(command) => {
             let store = server::connect_and_migrate(&config).await?;
-            let hasher = PasswordHasher::new(config.argon2, 1)?;
+            let hasher = PasswordHasher::new(config.argon2, 1, 1)?;
             let admin = UserAdmin::new(store, hasher);
             match command {
                 UserCommand::Add {
@@ -121,6 +140,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn generate_key(out: &std::path::Path) -> anyhow::Result<()> {
+    if !generate_key_file(out)? {
+        return Err(KeyError::Exists {
+            path: out.to_owned(),
+        }
+        .into());
+    }
+    println!("wrote a new Ed25519 signing key to {}", out.display());
+    Ok(())
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {

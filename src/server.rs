@@ -9,10 +9,13 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    auth::{Authenticator, PasswordHasher, RevokedSessions, TokenKeys, load_or_generate_key},
+    auth::{
+        Authenticator, PasswordHasher, RevokedSessions, TokenKeys, load_signing_key,
+        load_verification_key,
+    },
     cleanup,
     config::Config,
-    grpc::AuthGrpc,
+    grpc::{self, AuthGrpc},
     proto::{self, auth_service_server::AuthServiceServer},
     store::{self, Store},
 };
@@ -24,6 +27,9 @@ pub const SERVICE_NAME: &str = "auth.v1.AuthService";
 pub struct Application {
     config: Config,
     listener: TcpListener,
+    http_listener: TcpListener,
+    /// The public keys, published over HTTP.
+    jwks: jsonwebtoken::jwk::JwkSet,
     store: Store,
     auth: Arc<Authenticator>,
     revoked: Arc<RevokedSessions>,
@@ -37,8 +43,13 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = connect_and_migrate(&config).await?;
         let keys = load_token_keys(&config)?;
-        let hasher = PasswordHasher::new(config.argon2, config.password_hash_concurrency)
-            .context("while preparing the password hasher")?;
+        let jwks = keys.jwks().clone();
+        let hasher = PasswordHasher::new(
+            config.argon2,
+            config.password_hash_concurrency,
+            config.password_hash_queue,
+        )
+        .context("while preparing the password hasher")?;
         let revoked = Arc::new(RevokedSessions::new(
             config.access_token_ttl,
             config.jwt_leeway,
@@ -57,9 +68,14 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("while binding AUTH_LISTEN={}", config.listen))?;
+        let http_listener = TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("while binding AUTH_HTTP_LISTEN={}", config.http_listen))?;
         Ok(Self {
             config,
             listener,
+            http_listener,
+            jwks,
             store,
             auth,
             revoked,
@@ -67,9 +83,14 @@ impl Application {
         })
     }
 
-    /// The bound address (useful with port 0).
+    /// The bound gRPC address (useful with port 0).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.http_listener.local_addr()?)
     }
 
     /// Serves until `shutdown` completes, then turns health NOT_SERVING, stops accepting, lets
@@ -110,6 +131,15 @@ impl Application {
         ));
 
         let address = self.local_addr()?;
+        let http_address = self.http_addr()?;
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(
+            axum::serve(self.http_listener, crate::http::router(self.jwks))
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.await;
+                })
+                .into_future(),
+        );
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_health = health.clone();
         let signal = async move {
@@ -120,15 +150,21 @@ impl Application {
             let _ = probe.await;
             set_health(&signal_health, ServingStatus::NotServing).await;
             let _ = draining_tx.send(());
+            let _ = stop_http.send(());
         };
 
+        let auth_service = AuthServiceServer::new(AuthGrpc::new(self.auth))
+            .max_decoding_message_size(self.config.max_request_bytes);
         let serve = Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                grpc::oversized_is_resource_exhausted,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AuthServiceServer::new(AuthGrpc::new(self.auth)))
+            .add_service(auth_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
-        tracing::info!(%address, "listening");
+        tracing::info!(%address, %http_address, "listening");
 
         let grace = self.config.shutdown_grace;
         tokio::select! {
@@ -142,6 +178,7 @@ impl Application {
             } => tracing::warn!(?grace, "in-flight calls still running after the grace period; exiting"),
         }
         poller.abort();
+        http.abort();
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "cleanup scheduler did not stop cleanly");
         }
@@ -169,13 +206,25 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<Store> {
 fn load_token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
     let generated_path =
         store::sqlite_file(&config.database_url).map(|db| db.with_file_name("signing_key.pem"));
-    let pem = load_or_generate_key(
+    let signing = load_signing_key(
         config.signing_key_file.as_deref(),
         generated_path.as_deref(),
     )
     .context("while loading the signing key (AUTH_SIGNING_KEY_FILE)")?;
-    TokenKeys::from_pem(&pem, &config.issuer, &config.audience, config.jwt_leeway)
-        .map_err(|e| anyhow::anyhow!("while loading the signing key: {e}"))
+    let verify_only = config
+        .verification_key_files
+        .iter()
+        .map(|path| load_verification_key(path))
+        .collect::<Result<Vec<_>, _>>()
+        .context("while loading a verification key (AUTH_VERIFICATION_KEY_FILES)")?;
+    TokenKeys::new(
+        &signing,
+        &verify_only,
+        &config.issuer,
+        &config.audience,
+        config.jwt_leeway,
+    )
+    .context("while preparing the token keys")
 }
 
 /// Checks the database every `interval`: health is NOT_SERVING while it does not answer

@@ -170,8 +170,19 @@ mod refuses_to_start {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key.pem");
         std::fs::write(&path, "not a key").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let stderr = start_failure(&[("AUTH_SIGNING_KEY_FILE", path.to_str().unwrap())]).await;
         assert!(stderr.contains("not an Ed25519 private key"), "{stderr}");
+    }
+
+    #[tokio::test]
+    async fn with_a_world_readable_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        authd::auth::generate_key_file(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let stderr = start_failure(&[("AUTH_SIGNING_KEY_FILE", path.to_str().unwrap())]).await;
+        assert!(stderr.contains("world-readable"), "{stderr}");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use authd::auth::{AuthError, TokenKeys};
+use ed25519_dalek::{SigningKey, pkcs8::DecodePrivateKey as _};
 use libfuzzer_sys::fuzz_target;
 
 /// A throwaway key for fuzzing only; it signs nothing anywhere else.
@@ -12,7 +13,8 @@ const FUZZ_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMFECAQEwBQYDK2VwBCIEILfdtq3
 fn keys() -> &'static TokenKeys {
     static KEYS: OnceLock<TokenKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        TokenKeys::from_pem(FUZZ_KEY, "authd", "fuzz", Duration::ZERO).expect("fuzz key parses")
+        let key = SigningKey::from_pkcs8_pem(FUZZ_KEY).expect("fuzz key parses");
+        TokenKeys::new(&key, &[], "authd", "fuzz", Duration::ZERO).expect("fuzz keys")
     })
 }
 

@@ -14,7 +14,7 @@ use ed25519_dalek::pkcs8::{
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
     errors::ErrorKind,
-    jwk::{Jwk, ThumbprintHash},
+    jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -58,7 +58,8 @@ pub enum KeyError {
         /// The I/O failure.
         source: std::io::Error,
     },
-    /// The key file does not hold an Ed25519 private key in PKCS#8 PEM.
+    /// The key file does not hold an Ed25519 key in PEM (PKCS#8 private, or SPKI public for a
+    /// verification key).
     #[error("{path}: not an Ed25519 private key in PKCS#8 PEM ({problem})")]
     Format {
         /// The key file.
@@ -66,6 +67,21 @@ pub enum KeyError {
         /// What the parser said.
         problem: String,
     },
+    /// A private key file that every user of the machine may read.
+    #[error("{path}: world-readable; restrict it (chmod 600) before using it as a key")]
+    WorldReadable {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// `authd keys generate` would overwrite a file.
+    #[error("{path}: already exists; not overwritten")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key could not be turned into a JWK (a bug: Ed25519 keys always can).
+    #[error("cannot describe the key as a JWK: {0}")]
+    Jwk(#[source] jsonwebtoken::errors::Error),
     /// No key file is configured and there is no SQLite folder to keep a generated one in.
     #[error(
         "AUTH_SIGNING_KEY_FILE must be set when the database is not an SQLite file \
@@ -74,12 +90,15 @@ pub enum KeyError {
     NoKeyLocation,
 }
 
-/// Signs access tokens with one Ed25519 key and verifies them against the known keys.
+/// Signs access tokens with one Ed25519 key and verifies them against the known keys: the
+/// signing key and any verify-only keys (older keys whose tokens may still be alive).
 pub struct TokenKeys {
     kid: String,
     encoding: EncodingKey,
     /// Verification keys by `kid`; a token whose `kid` is not here is refused.
     decoding: HashMap<String, DecodingKey>,
+    /// The public half of every key, as published at `/.well-known/jwks.json`.
+    jwks: JwkSet,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -89,25 +108,42 @@ impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenKeys")
             .field("kid", &self.kid)
+            .field(
+                "verification_kids",
+                &self.decoding.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl TokenKeys {
-    /// Builds the signer and verifier from an Ed25519 private key in PKCS#8 PEM.
-    pub fn from_pem(
-        pem: &str,
+    /// Signs with `signing`; verifies tokens of `signing` and of every key in `verify_only`.
+    pub fn new(
+        signing: &ed25519_dalek::SigningKey,
+        verify_only: &[ed25519_dalek::VerifyingKey],
         issuer: &str,
         audience: &str,
         leeway: Duration,
-    ) -> Result<Self, String> {
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
-        let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    ) -> Result<Self, KeyError> {
+        let der = signing
+            .to_pkcs8_der()
+            .map_err(|_| KeyError::Jwk(ErrorKind::InvalidKeyFormat.into()))?;
         let encoding = EncodingKey::from_ed_der(der.as_bytes());
-        let decoding = DecodingKey::from_ed_der(key.verifying_key().as_bytes());
-        let kid = Jwk::from_decoding_key(&decoding, Some(ALGORITHM))
-            .and_then(|jwk| jwk.thumbprint(ThumbprintHash::SHA256))
-            .map_err(|e| e.to_string())?;
+        let mut decoding = HashMap::new();
+        let mut jwks = JwkSet::default();
+        let mut kid = String::new();
+        for (index, key) in std::iter::once(signing.verifying_key())
+            .chain(verify_only.iter().copied())
+            .enumerate()
+        {
+            let (key_id, decoder, jwk) = public_key(&key)?;
+            if index == 0 {
+                kid.clone_from(&key_id);
+            }
+            if decoding.insert(key_id, decoder).is_none() {
+                jwks.keys.push(jwk);
+            }
+        }
 
         let mut validation = Validation::new(ALGORITHM);
         validation.leeway = leeway.as_secs();
@@ -116,13 +152,19 @@ impl TokenKeys {
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         Ok(Self {
-            decoding: HashMap::from([(kid.clone(), decoding)]),
             kid,
             encoding,
+            decoding,
+            jwks,
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         })
+    }
+
+    /// The public keys as a JSON Web Key Set (RFC 7517), each with its `kid`.
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
     }
 
     /// The `kid` of the signing key: its RFC 7638 JWK thumbprint.
@@ -179,40 +221,83 @@ impl TokenKeys {
     }
 }
 
+/// The `kid` (RFC 7638 thumbprint), the verifier and the published JWK of a public key.
+fn public_key(key: &ed25519_dalek::VerifyingKey) -> Result<(String, DecodingKey, Jwk), KeyError> {
+    let decoding = DecodingKey::from_ed_der(key.as_bytes());
+    let mut jwk = Jwk::from_decoding_key(&decoding, Some(ALGORITHM)).map_err(KeyError::Jwk)?;
+    let kid = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(KeyError::Jwk)?;
+    jwk.common.key_id = Some(kid.clone());
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok((kid, decoding, jwk))
+}
+
 /// Loads the signing key from `configured`, or else from `generated_path`, generating it there
-/// (mode 0600) on first start. Returns the PEM text.
-pub fn load_or_generate_key(
+/// (mode 0600) on first start.
+pub fn load_signing_key(
     configured: Option<&Path>,
     generated_path: Option<&Path>,
-) -> Result<String, KeyError> {
+) -> Result<ed25519_dalek::SigningKey, KeyError> {
     let path = match (configured, generated_path) {
-        (Some(path), _) => return read_key(path),
-        (None, Some(path)) => path,
+        (Some(path), _) => path,
+        (None, Some(path)) => {
+            if generate_key_file(path)? {
+                tracing::info!(path = %path.display(), "generated a new signing key");
+            }
+            path
+        }
         (None, None) => return Err(KeyError::NoKeyLocation),
     };
-    if !path.exists() {
-        generate_key_file(path)?;
-        tracing::info!(path = %path.display(), "generated a new signing key");
-    }
-    read_key(path)
+    let pem = read_private(path)?;
+    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| format_error(path, &e))
 }
 
-fn read_key(path: &Path) -> Result<String, KeyError> {
-    let io = |source| KeyError::Io {
+/// Loads a verify-only key: an Ed25519 public key (SPKI PEM) or a retired private key.
+pub fn load_verification_key(path: &Path) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    let pem = read(path)?;
+    if let Ok(public) = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem) {
+        return Ok(public);
+    }
+    let pem = read_private(path)?;
+    let private =
+        ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| format_error(path, &e))?;
+    Ok(private.verifying_key())
+}
+
+fn read(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,
-    };
-    let pem = std::fs::read_to_string(path).map_err(io)?;
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
-        path: path.to_owned(),
-        problem: e.to_string(),
-    })?;
-    Ok(pem)
+    })
 }
 
-/// Writes a fresh key next to `path` and links it into place, so a crash never leaves a
-/// half-written key and two processes starting at once agree on one key.
-fn generate_key_file(path: &Path) -> Result<(), KeyError> {
+/// Reads a private key file, refusing one that every user may read.
+fn read_private(path: &Path) -> Result<String, KeyError> {
+    let metadata = std::fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if metadata.permissions().mode() & 0o004 != 0 {
+        return Err(KeyError::WorldReadable {
+            path: path.to_owned(),
+        });
+    }
+    read(path)
+}
+
+fn format_error(path: &Path, problem: &dyn std::fmt::Display) -> KeyError {
+    KeyError::Format {
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Writes a fresh Ed25519 key (PKCS#8 PEM, mode 0600) to `path` unless a file is there;
+/// returns whether it wrote one. The key is written beside `path` and linked into place, so a
+/// crash never leaves a half-written key and two processes starting at once agree on one key.
+pub fn generate_key_file(path: &Path) -> Result<bool, KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -235,8 +320,9 @@ fn generate_key_file(path: &Path) -> Result<(), KeyError> {
         file.write_all(pem.as_bytes())?;
         file.sync_all()?;
         match std::fs::hard_link(&temp, path) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
         }
     })();
     let _ = std::fs::remove_file(&temp);
@@ -248,8 +334,8 @@ mod tests {
     use super::*;
 
     fn keys(dir: &Path) -> TokenKeys {
-        let pem = load_or_generate_key(None, Some(&dir.join("k.pem"))).unwrap();
-        TokenKeys::from_pem(&pem, "authd", "svc", Duration::ZERO).unwrap()
+        let key = load_signing_key(None, Some(&dir.join("k.pem"))).unwrap();
+        TokenKeys::new(&key, &[], "authd", "svc", Duration::ZERO).unwrap()
     }
 
     fn now() -> i64 {
@@ -260,10 +346,15 @@ mod tests {
     fn a_generated_key_is_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
-        let first = load_or_generate_key(None, Some(&path)).unwrap();
+        let first = load_signing_key(None, Some(&path)).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(load_or_generate_key(None, Some(&path)).unwrap(), first);
+        let again = load_signing_key(None, Some(&path)).unwrap();
+        assert_eq!(again.to_bytes(), first.to_bytes());
+        assert!(
+            !generate_key_file(&path).unwrap(),
+            "an existing key is never overwritten"
+        );
     }
 
     #[test]
@@ -371,18 +462,86 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         )
         .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            load_or_generate_key(Some(&path), None),
+            load_signing_key(Some(&path), None),
+            Err(KeyError::Format { .. })
+        ));
+        assert!(matches!(
+            load_verification_key(&path),
             Err(KeyError::Format { .. })
         ));
         let missing = dir.path().join("missing.pem");
         assert!(matches!(
-            load_or_generate_key(Some(&missing), None),
+            load_signing_key(Some(&missing), None),
             Err(KeyError::Io { .. })
         ));
         assert!(matches!(
-            load_or_generate_key(None, None),
+            load_signing_key(None, None),
             Err(KeyError::NoKeyLocation)
+        ));
+    }
+
+    #[test]
+    fn a_world_readable_private_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        assert!(generate_key_file(&path).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            load_signing_key(Some(&path), None),
+            Err(KeyError::WorldReadable { .. })
+        ));
+        assert!(matches!(
+            load_verification_key(&path),
+            Err(KeyError::WorldReadable { .. })
+        ));
+    }
+
+    #[test]
+    fn verify_only_keys_are_accepted_and_published() {
+        use ed25519_dalek::pkcs8::EncodePublicKey as _;
+        let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let old = keys(old_dir.path());
+        let old_token = old
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                "a@b.c",
+                now(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+
+        // The retired key, published as a public key only.
+        let retired = load_signing_key(None, Some(&old_dir.path().join("k.pem"))).unwrap();
+        let public_path = old_dir.path().join("old.pub.pem");
+        let public_pem = retired
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        std::fs::write(&public_path, public_pem).unwrap();
+        let verify_only = load_verification_key(&public_path).unwrap();
+
+        let current = load_signing_key(None, Some(&new_dir.path().join("k.pem"))).unwrap();
+        let rotated =
+            TokenKeys::new(&current, &[verify_only], "authd", "svc", Duration::ZERO).unwrap();
+        assert!(
+            rotated.verify(&old_token).is_ok(),
+            "a listed old key still verifies"
+        );
+        let kids: Vec<_> = rotated
+            .jwks()
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect();
+        assert_eq!(kids, vec![rotated.kid().to_owned(), old.kid().to_owned()]);
+
+        let unlisted = TokenKeys::new(&current, &[], "authd", "svc", Duration::ZERO).unwrap();
+        assert!(matches!(
+            unlisted.verify(&old_token),
+            Err(AuthError::AccessTokenInvalid)
         ));
     }
 }

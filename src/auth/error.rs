@@ -45,6 +45,14 @@ pub enum AuthError {
     /// ALREADY_EXISTS (EMAIL_TAKEN): a new user's email is already registered (CLI only).
     #[error("a user with this email already exists")]
     EmailTaken,
+    /// RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE): the request message exceeds
+    /// `AUTH_MAX_REQUEST_BYTES`; it was refused before decoding.
+    #[error("request too large")]
+    RequestTooLarge,
+    /// RESOURCE_EXHAUSTED (OVERLOADED): every hashing thread is busy and the queue is full;
+    /// retry after a moment.
+    #[error("too many logins in progress; retry shortly")]
+    Overloaded,
     /// UNAVAILABLE: the database is unreachable or busy; retrying later may succeed.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),

@@ -9,10 +9,12 @@ mod revocation;
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-pub use access_token::{AccessClaims, KeyError, TokenKeys, load_or_generate_key};
+pub use access_token::{
+    AccessClaims, KeyError, TokenKeys, generate_key_file, load_signing_key, load_verification_key,
+};
 pub use credentials::{Email, Password};
 pub use error::AuthError;
 pub use password::PasswordHasher;
@@ -21,7 +23,7 @@ pub use revocation::RevokedSessions;
 
 use crate::{
     config::Config,
-    store::{self, NewSession, RevokedReason, Rotation, Store, TokenRecord},
+    store::{self, Lifetimes, NewSession, RevokedReason, Rotation, Store, TokenRecord},
 };
 
 /// User administration for the CLI: needs the store and the hasher, not the token keys.
@@ -67,6 +69,16 @@ pub struct IssuedTokens {
     pub session_id: Uuid,
 }
 
+/// What a login or a refresh hands out, before the access token is signed.
+struct Issued<'a> {
+    user_id: Uuid,
+    email: &'a str,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+    refresh_token: RefreshToken,
+    refresh_expires_at: DateTime<Utc>,
+}
+
 /// The authentication rules, over the store, the password hasher and the token keys.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -75,7 +87,7 @@ pub struct Authenticator {
     keys: TokenKeys,
     revoked: Arc<RevokedSessions>,
     access_token_ttl: Duration,
-    refresh_token_ttl: Duration,
+    lifetimes: Lifetimes,
 }
 
 impl Authenticator {
@@ -93,7 +105,12 @@ impl Authenticator {
             keys,
             revoked,
             access_token_ttl: config.access_token_ttl,
-            refresh_token_ttl: config.refresh_token_ttl,
+            lifetimes: Lifetimes {
+                refresh_token: TimeDelta::from_std(config.refresh_token_ttl)
+                    .unwrap_or(TimeDelta::MAX),
+                session_max: TimeDelta::from_std(config.session_max_lifetime)
+                    .unwrap_or(TimeDelta::MAX),
+            },
         }
     }
 
@@ -111,7 +128,7 @@ impl Authenticator {
 
         let now = store::now();
         let refresh_token = RefreshToken::generate()?;
-        let token_expires_at = now + self.refresh_token_ttl;
+        let token_expires_at = self.lifetimes.token_expiry(now, now);
         let session = NewSession {
             session_id: Uuid::new_v4(),
             user_id: user.id,
@@ -122,7 +139,15 @@ impl Authenticator {
         };
         self.store.create_session(&session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.session_id, "session opened");
-        self.issue(user.id, &user.email, session.session_id, now, refresh_token)
+        let issued = Issued {
+            user_id: user.id,
+            email: &user.email,
+            session_id: session.session_id,
+            now,
+            refresh_token,
+            refresh_expires_at: token_expires_at,
+        };
+        self.issue(issued)
     }
 
     /// Checks an access token: no database query, pure CPU.
@@ -152,19 +177,26 @@ impl Authenticator {
     pub async fn refresh(&self, token: RefreshToken) -> Result<IssuedTokens, AuthError> {
         let now = store::now();
         let successor = RefreshToken::generate()?;
-        let expires_at = now + self.refresh_token_ttl;
         let rotation = self
             .store
-            .rotate_refresh_token(&token.hash(), &successor.hash(), now, expires_at)
+            .rotate_refresh_token(&token.hash(), &successor.hash(), now, self.lifetimes)
             .await?;
         match rotation {
             Rotation::Rotated {
                 session_id,
                 user_id,
                 email,
+                expires_at,
             } => {
                 tracing::debug!(%user_id, %session_id, "refresh token rotated");
-                self.issue(user_id, &email, session_id, now, successor)
+                self.issue(Issued {
+                    user_id,
+                    email: &email,
+                    session_id,
+                    now,
+                    refresh_token: successor,
+                    refresh_expires_at: expires_at,
+                })
             }
             Rotation::SessionRevoked => Err(AuthError::SessionRevoked),
             Rotation::SessionExpired => Err(AuthError::SessionExpired),
@@ -192,8 +224,11 @@ impl Authenticator {
             );
             return Ok(AuthError::RefreshTokenReused);
         }
+        let session_over = self.lifetimes.session_end(session.created_at) <= now;
         Ok(if session.revoked_at.is_some() {
             AuthError::SessionRevoked
+        } else if session_over {
+            AuthError::SessionExpired
         } else if token.expires_at <= now {
             AuthError::RefreshTokenExpired
         } else if session.expires_at <= now {
@@ -246,27 +281,22 @@ impl Authenticator {
         Ok(newly)
     }
 
-    fn issue(
-        &self,
-        user_id: Uuid,
-        email: &str,
-        session_id: Uuid,
-        now: DateTime<Utc>,
-        refresh_token: RefreshToken,
-    ) -> Result<IssuedTokens, AuthError> {
+    fn issue(&self, issued: Issued<'_>) -> Result<IssuedTokens, AuthError> {
         let access_token = self.keys.issue(
-            user_id,
-            session_id,
-            email,
-            now.timestamp(),
+            issued.user_id,
+            issued.session_id,
+            issued.email,
+            issued.now.timestamp(),
             self.access_token_ttl,
         )?;
         Ok(IssuedTokens {
             access_token,
             access_token_ttl: self.access_token_ttl,
-            refresh_token,
-            refresh_token_ttl: self.refresh_token_ttl,
-            session_id,
+            refresh_token: issued.refresh_token,
+            refresh_token_ttl: (issued.refresh_expires_at - issued.now)
+                .to_std()
+                .unwrap_or_default(),
+            session_id: issued.session_id,
         })
     }
 }

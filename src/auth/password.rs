@@ -44,8 +44,13 @@ impl std::fmt::Debug for PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// Starts the hashing threads. They stop when the last clone of the hasher is dropped.
-    pub fn new(settings: Argon2Settings, concurrency: usize) -> Result<Self, AuthError> {
+    /// Starts `concurrency` hashing threads with room for `queue` waiting jobs. They stop when
+    /// the last clone of the hasher is dropped.
+    pub fn new(
+        settings: Argon2Settings,
+        concurrency: usize,
+        queue: usize,
+    ) -> Result<Self, AuthError> {
         let params = Params::new(
             settings.memory_kib,
             settings.iterations,
@@ -53,7 +58,7 @@ impl PasswordHasher {
             Some(OUTPUT_LEN),
         )
         .map_err(internal)?;
-        let (jobs, queue) = mpsc::channel::<Job>(concurrency);
+        let (jobs, queue) = mpsc::channel::<Job>(queue.max(1));
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..concurrency {
             let queue = Arc::clone(&queue);
@@ -99,7 +104,8 @@ impl PasswordHasher {
         Ok(known && matched)
     }
 
-    /// Runs `work` on a hashing thread, waiting for a free one.
+    /// Runs `work` on a hashing thread. A full queue answers [`AuthError::Overloaded`] at once:
+    /// waiting callers would otherwise pile up without bound.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
@@ -109,7 +115,10 @@ impl PasswordHasher {
         let job: Job = Box::new(move |memory| {
             let _ = done.send(span.in_scope(|| work(memory)));
         });
-        self.jobs.send(job).await.map_err(internal)?;
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AuthError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => internal("the hashing threads have stopped"),
+        })?;
         result.await.map_err(internal)
     }
 }
@@ -235,7 +244,7 @@ mod tests {
             iterations: 1,
             parallelism: 1,
         };
-        PasswordHasher::new(settings, 2).unwrap()
+        PasswordHasher::new(settings, 2, 8).unwrap()
     }
 
     fn pw(s: &str) -> Password {
@@ -305,7 +314,7 @@ mod tests {
 
     #[tokio::test]
     async fn production_parameters_are_the_owasp_ones() {
-        let hasher = PasswordHasher::new(Argon2Settings::default(), 1).unwrap();
+        let hasher = PasswordHasher::new(Argon2Settings::default(), 1, 1).unwrap();
         let phc = hasher.hash(pw("correct horse")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(hasher.verify(pw("correct horse"), Some(phc)).await.unwrap());

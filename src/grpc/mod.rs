@@ -5,7 +5,7 @@ mod status;
 
 use std::{future::Future, sync::Arc, time::Instant};
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, codegen::http};
 
 use crate::{
     auth::{AuthError, Authenticator, Email, IssuedTokens, Password, RefreshToken},
@@ -107,6 +107,23 @@ macro_rules! impl_from_issued_tokens {
     )+};
 }
 impl_from_issued_tokens!(LoginResponse, RefreshResponse);
+
+/// tonic refuses a request over its size limit with OUT_OF_RANGE before decoding it. authd's
+/// contract (and gRPC's status guide) says RESOURCE_EXHAUSTED: this rewrites that one answer.
+/// Nothing else in authd answers OUT_OF_RANGE.
+pub fn oversized_is_resource_exhausted(
+    response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    if out_of_range {
+        Status::from(AuthError::RequestTooLarge).into_http()
+    } else {
+        response
+    }
+}
 
 fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)

@@ -6,6 +6,9 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::auth::AuthError;
 
+/// How long an overloaded caller is asked to wait (google.rpc.RetryInfo).
+const OVERLOAD_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The ErrorInfo domain of every authd error.
 const ERROR_DOMAIN: &str = "authd";
 
@@ -23,13 +26,18 @@ impl From<AuthError> for Status {
             AuthError::RefreshTokenExpired => (Code::Unauthenticated, "REFRESH_TOKEN_EXPIRED"),
             AuthError::RefreshTokenReused => (Code::Unauthenticated, "REFRESH_TOKEN_REUSED"),
             AuthError::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
+            AuthError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
+            AuthError::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
             AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
         };
         if matches!(code, Code::Unavailable | Code::Internal) {
             tracing::error!(error = %crate::error_chain(&err), "request failed");
         }
-        let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+        if matches!(err, AuthError::Overloaded) {
+            details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+        }
         Status::with_error_details(code, err.to_string(), details)
     }
 }

@@ -5,7 +5,7 @@ pub mod entity;
 
 use std::{path::PathBuf, str::FromStr};
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ActiveValue::Set,
@@ -139,6 +139,8 @@ impl RevokedReason {
 pub enum Rotation {
     /// This call won: the token is now used and its successor stored.
     Rotated {
+        /// When the successor expires.
+        expires_at: DateTime<Utc>,
         /// The session, unchanged by rotation.
         session_id: Uuid,
         /// The session's user.
@@ -152,6 +154,34 @@ pub enum Rotation {
     SessionExpired,
     /// No current token has that hash: unknown, used, or expired. Nothing was changed.
     NotCurrent,
+}
+
+/// How long refresh tokens and sessions live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// A refresh token's lifetime.
+    pub refresh_token: TimeDelta,
+    /// A session's absolute lifetime from its login, however often it refreshes.
+    pub session_max: TimeDelta,
+}
+
+impl Lifetimes {
+    /// When a token issued at `now` in a session that began at `session_start` expires: its own
+    /// lifetime, cut short by the session's end.
+    pub fn token_expiry(&self, now: DateTime<Utc>, session_start: DateTime<Utc>) -> DateTime<Utc> {
+        let own = now
+            .checked_add_signed(self.refresh_token)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let session_end = self.session_end(session_start);
+        own.min(session_end)
+    }
+
+    /// The absolute end of a session that began at `session_start`.
+    pub fn session_end(&self, session_start: DateTime<Utc>) -> DateTime<Utc> {
+        session_start
+            .checked_add_signed(self.session_max)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
 }
 
 /// A refresh token row with the session it belongs to.
@@ -337,7 +367,7 @@ impl Store {
         old_hash: &[u8; 32],
         new_hash: &[u8; 32],
         now: DateTime<Utc>,
-        new_expires_at: DateTime<Utc>,
+        lifetimes: Lifetimes,
     ) -> Result<Rotation, StoreError> {
         let txn = self.db.begin().await?;
         // A write first, so SQLite takes its write lock (waiting up to the busy timeout) before
@@ -359,25 +389,29 @@ impl Store {
             .one(&txn)
             .await?
         else {
-            return Err(StoreError::Database(DbErr::RecordNotFound(
-                "claimed refresh token".into(),
-            )));
+            return Err(missing("claimed refresh token"));
         };
+        let Some(session) = session::Entity::find_by_id(token.session_id)
+            .one(&txn)
+            .await?
+        else {
+            return Err(missing("session of a refresh token"));
+        };
+        let expires_at = lifetimes.token_expiry(now, session.created_at);
+        // Conditional on the session being alive: a logout that committed first wins, and one
+        // that comes later waits for this row and then revokes the session, successor included.
         let alive = session::Entity::update_many()
             .col_expr(session::Column::LastRefreshedAt, now.into())
-            .col_expr(session::Column::ExpiresAt, new_expires_at.into())
-            .filter(session::Column::Id.eq(token.session_id))
+            .col_expr(session::Column::ExpiresAt, expires_at.into())
+            .filter(session::Column::Id.eq(session.id))
             .filter(session::Column::RevokedAt.is_null())
             .filter(session::Column::ExpiresAt.gt(now))
             .exec(&txn)
             .await?
             .rows_affected;
-        let session = session::Entity::find_by_id(token.session_id)
-            .one(&txn)
-            .await?;
-        let Some(session) = session.filter(|_| alive == 1) else {
+        if alive == 0 || expires_at <= now {
             txn.rollback().await?;
-            let revoked = session::Entity::find_by_id(token.session_id)
+            let revoked = session::Entity::find_by_id(session.id)
                 .one(&self.db)
                 .await?
                 .is_none_or(|s| s.revoked_at.is_some());
@@ -386,26 +420,17 @@ impl Store {
             } else {
                 Rotation::SessionExpired
             });
-        };
+        }
         let Some(user) = user::Entity::find_by_id(session.user_id).one(&txn).await? else {
-            return Err(StoreError::Database(DbErr::RecordNotFound(
-                "session user".into(),
-            )));
+            return Err(missing("session user"));
         };
-        insert_refresh_token(
-            &txn,
-            session.id,
-            Some(token.id),
-            new_hash,
-            now,
-            new_expires_at,
-        )
-        .await?;
+        insert_refresh_token(&txn, session.id, Some(token.id), new_hash, now, expires_at).await?;
         txn.commit().await?;
         Ok(Rotation::Rotated {
             session_id: session.id,
             user_id: user.id,
             email: user.email,
+            expires_at,
         })
     }
 
@@ -534,6 +559,10 @@ async fn revoke_sessions_where(
         .exec(db)
         .await?
         .rows_affected)
+}
+
+fn missing(what: &str) -> StoreError {
+    StoreError::Database(DbErr::RecordNotFound(what.to_owned()))
 }
 
 async fn insert_refresh_token(

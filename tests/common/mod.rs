@@ -79,6 +79,7 @@ pub fn init_logs() {
 pub fn settings(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut vars = vec![
         ("AUTH_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("AUTH_HTTP_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
         ("AUTH_DATABASE_URL".to_owned(), db.url().to_owned()),
     ];
     if let Some(key) = db.key_file() {
@@ -99,6 +100,8 @@ pub fn settings(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, Strin
 /// A running in-process authd with its database and a connected client.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/.well-known/jwks.json` is served.
+    pub http_addr: SocketAddr,
     pub client: AuthServiceClient<Channel>,
     pub config: Config,
     pub db: TestDatabase,
@@ -126,6 +129,7 @@ impl TestApp {
             .await
             .expect("server starts");
         let addr = app.local_addr().expect("bound address");
+        let http_addr = app.http_addr().expect("bound HTTP address");
         let (shutdown, signal) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = signal.await;
@@ -133,6 +137,7 @@ impl TestApp {
         let client = connect(addr).await;
         Self {
             addr,
+            http_addr,
             client,
             config,
             db,
@@ -186,7 +191,7 @@ impl TestApp {
 
 async fn user_admin(config: &Config) -> UserAdmin {
     let store = server::connect_and_migrate(config).await.expect("store");
-    let hasher = PasswordHasher::new(config.argon2, 1).expect("hasher");
+    let hasher = PasswordHasher::new(config.argon2, 1, 1).expect("hasher");
     UserAdmin::new(store, hasher)
 }
 

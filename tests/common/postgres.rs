@@ -64,7 +64,7 @@ impl TestDatabase {
             .expect("create test database");
         admin.close().await.expect("close admin connection");
         let key_dir = tempfile::tempdir().expect("temp dir");
-        authd::auth::load_or_generate_key(None, Some(&key_dir.path().join("signing_key.pem")))
+        authd::auth::generate_key_file(&key_dir.path().join("signing_key.pem"))
             .expect("test signing key");
         Self::Postgres {
             url: format!("{server_url}/{name}"),
