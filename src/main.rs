@@ -59,6 +59,14 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Set a user's password (8 to 1024 bytes) and revoke all their sessions.
+    SetPassword {
+        /// The user's email address.
+        email: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Disable a user: their next login fails and all their sessions are revoked.
     Disable {
         /// The user's email address.
@@ -128,6 +136,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let password = Password::parse_new(read_password(password_stdin)?)?;
                     let id = admin.add_user(email.clone(), password).await?;
                     println!("added {} ({id})", email.as_str());
+                }
+                UserCommand::SetPassword {
+                    email,
+                    password_stdin,
+                } => {
+                    let email = Email::parse(&email)?;
+                    let password = Password::parse_new(read_password(password_stdin)?)?;
+                    if !admin.set_password(email.clone(), password).await? {
+                        bail!("no user with email {}", email.as_str());
+                    }
+                    println!(
+                        "password changed for {}; all sessions revoked",
+                        email.as_str()
+                    );
                 }
                 UserCommand::Disable { email } => {
                     let email = Email::parse(&email)?;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use sea_orm::EntityTrait as _;
+
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 
 use common::{
@@ -208,7 +210,8 @@ mod refuses_to_start {
     }
 }
 
-/// Every call is logged, at debug level too, without a password or a token in any line.
+/// Every call is logged and every security event audited (target `audit`), at debug level too,
+/// without a password, a token or a hash in any line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_name_each_call_but_never_a_secret() {
     use common::{PASSWORD, add_user, login, logout, refresh};
@@ -237,6 +240,18 @@ async fn logs_name_each_call_but_never_a_secret() {
         );
     }
     assert!(log.contains("refresh token reuse detected"), "{log}");
+    for event in [
+        "login",
+        "login_failed",
+        "refresh",
+        "refresh_token_reused",
+        "logout",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(" audit: ") && l.contains(&format!("event=\"{event}\"")));
+        assert!(line.is_some(), "no audit event {event}:\n{log}");
+    }
     let secrets = [
         PASSWORD,
         "a wrong password",
@@ -248,4 +263,38 @@ async fn logs_name_each_call_but_never_a_secret() {
     for secret in secrets {
         assert!(!log.contains(secret), "a secret reached the log:\n{log}");
     }
+    let stored = authd::store::entity::user::Entity::find()
+        .one(&sea_orm::Database::connect(db.url()).await.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let hash = stored.password_hash.rsplit('$').next().unwrap().to_owned();
+    assert!(!log.contains(&hash), "a password hash reached the log");
+
+    // The CLI's administrative actions are audited too.
+    let new_password = "another secret passphrase";
+    let args = [
+        "user",
+        "set-password",
+        "alice@example.com",
+        "--password-stdin",
+    ];
+    let changed = common::process::run_authd(&db, &args, &format!("{new_password}\n")).await;
+    let disabled =
+        common::process::run_authd(&db, &["user", "disable", "alice@example.com"], "").await;
+    let cli_log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&changed.stderr),
+        String::from_utf8_lossy(&disabled.stderr)
+    );
+    for event in ["password_changed", "user_disabled"] {
+        assert!(
+            cli_log.contains(&format!("event=\"{event}\"")),
+            "no audit event {event}:\n{cli_log}"
+        );
+    }
+    assert!(
+        !cli_log.contains(new_password),
+        "a password reached the log"
+    );
 }

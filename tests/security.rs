@@ -6,11 +6,121 @@ mod common;
 use std::time::Duration;
 
 use authd::store::entity::session;
-use common::{Backend, PASSWORD, TestApp, assert_status, eventually, login, refresh};
+use common::{
+    Backend, PASSWORD, TestApp, assert_status, eventually, login, process::run_authd, refresh,
+    validate,
+};
 use sea_orm::{Database, EntityTrait as _};
 use tonic::Code;
 
-on_both_backends!(a_session_cannot_refresh_past_its_max_lifetime,);
+on_both_backends!(
+    a_session_cannot_refresh_past_its_max_lifetime,
+    a_login_rehashes_a_password_made_with_other_parameters,
+    set_password_revokes_every_session,
+);
+
+async fn stored_hash(app: &TestApp) -> String {
+    let db = Database::connect(app.db.url()).await.unwrap();
+    let user = authd::store::entity::user::Entity::find()
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    user.password_hash
+}
+
+async fn a_login_rehashes_a_password_made_with_other_parameters(backend: Backend) {
+    // The user was added under m=256 (the test default); the server now runs m=512.
+    let app = TestApp::spawn_with(backend, &[("AUTH_ARGON2_MEMORY_KIB", "512")]).await;
+    let old_params = [("AUTH_ARGON2_MEMORY_KIB", "256")];
+    common::add_user_with(&app.db, &old_params, "alice@example.com", PASSWORD).await;
+    assert!(
+        stored_hash(&app)
+            .await
+            .starts_with("$argon2id$v=19$m=256,t=1,p=1$")
+    );
+
+    let status = login(&app.client, "alice@example.com", "wrong password")
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert!(
+        stored_hash(&app).await.contains("m=256"),
+        "a failed login changes nothing"
+    );
+
+    login(&app.client, "alice@example.com", PASSWORD)
+        .await
+        .expect("login");
+    let rehashed = stored_hash(&app).await;
+    assert!(
+        rehashed.starts_with("$argon2id$v=19$m=512,t=1,p=1$"),
+        "{rehashed}"
+    );
+    login(&app.client, "alice@example.com", PASSWORD)
+        .await
+        .expect("login with the new hash");
+    assert_eq!(
+        stored_hash(&app).await,
+        rehashed,
+        "a current hash is left alone"
+    );
+}
+
+async fn set_password_revokes_every_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("AUTH_REVOCATION_POLL", "1s")]).await;
+    let phone = app.user_with_session("alice@example.com").await;
+    let laptop = login(&app.client, "alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    let args = [
+        "user",
+        "set-password",
+        "alice@example.com",
+        "--password-stdin",
+    ];
+    let changed = run_authd(&app.db, &args, "a brand new passphrase\n").await;
+    assert!(
+        changed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+
+    for session in [&phone, &laptop] {
+        let status = refresh(&app.client, &session.refresh_token)
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+        let status = eventually(
+            Duration::from_secs(2),
+            "Validate to see the revocation",
+            || async { validate(&app.client, &session.access_token).await.err() },
+        )
+        .await;
+        assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    }
+    let status = login(&app.client, "alice@example.com", PASSWORD)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    login(&app.client, "alice@example.com", "a brand new passphrase")
+        .await
+        .expect("new password");
+
+    let unknown = run_authd(
+        &app.db,
+        &[
+            "user",
+            "set-password",
+            "bob@example.com",
+            "--password-stdin",
+        ],
+        "whatever123\n",
+    )
+    .await;
+    assert!(!unknown.status.success(), "an unknown user is an error");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_refused_and_the_server_stays_healthy() {

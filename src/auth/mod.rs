@@ -1,5 +1,12 @@
 //! The session model, free of gRPC types: login, validate, and the users behind them.
 
+/// One structured event for the audit trail: target `audit`, never a token, password or hash.
+macro_rules! audit {
+    ($($field:tt)+) => {
+        tracing::info!(target: "audit", $($field)+)
+    };
+}
+
 mod access_token;
 mod credentials;
 mod error;
@@ -17,7 +24,7 @@ pub use access_token::{
 };
 pub use credentials::{Email, Password};
 pub use error::AuthError;
-pub use password::PasswordHasher;
+pub use password::{PasswordHasher, Verification};
 pub use refresh_token::RefreshToken;
 pub use revocation::RevokedSessions;
 
@@ -45,9 +52,24 @@ impl UserAdmin {
         Ok(self.store.insert_user(email.as_str(), &hash).await?.id)
     }
 
+    /// Sets a new password (8 to 1024 bytes) and revokes every session of the user, in one
+    /// transaction; false if no such user.
+    pub async fn set_password(&self, email: Email, password: Password) -> Result<bool, AuthError> {
+        let hash = self.hasher.hash(password).await?;
+        let changed = self.store.set_password(email.as_str(), &hash).await?;
+        if let Some(user_id) = changed {
+            audit!(event = "password_changed", %user_id);
+        }
+        Ok(changed.is_some())
+    }
+
     /// Disables a user so they can no longer log in; false if no such user.
     pub async fn disable_user(&self, email: Email) -> Result<bool, AuthError> {
-        Ok(self.store.disable_user(email.as_str()).await?.is_some())
+        let disabled = self.store.disable_user(email.as_str()).await?;
+        if let Some(user_id) = disabled {
+            audit!(event = "user_disabled", %user_id);
+        }
+        Ok(disabled.is_some())
     }
 }
 
@@ -120,11 +142,23 @@ impl Authenticator {
     pub async fn login(&self, email: Email, password: Password) -> Result<IssuedTokens, AuthError> {
         let user = self.store.user_by_email(email.as_str()).await?;
         let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-        let password_matches = self.hasher.verify(password, stored_hash).await?;
+        let verification = self.hasher.verify(password, stored_hash).await?;
         let user = match user {
-            Some(user) if password_matches && user.disabled_at.is_none() => user,
-            _ => return Err(AuthError::InvalidCredentials),
+            Some(user) if verification != Verification::Mismatch && user.disabled_at.is_none() => {
+                user
+            }
+            _ => {
+                audit!(event = "login_failed", email = email.as_str());
+                return Err(AuthError::InvalidCredentials);
+            }
         };
+        if let Verification::MatchRehashed(new_hash) = verification {
+            // Conditional on the old hash, so a concurrent password change is never undone.
+            self.store
+                .replace_password_hash(user.id, &user.password_hash, &new_hash)
+                .await?;
+            audit!(event = "password_rehashed", user_id = %user.id);
+        }
 
         let now = store::now();
         let refresh_token = RefreshToken::generate()?;
@@ -138,7 +172,7 @@ impl Authenticator {
             token_expires_at,
         };
         self.store.create_session(&session).await?;
-        tracing::info!(user_id = %user.id, session_id = %session.session_id, "session opened");
+        audit!(event = "login", user_id = %user.id, session_id = %session.session_id);
         let issued = Issued {
             user_id: user.id,
             email: &user.email,
@@ -188,7 +222,7 @@ impl Authenticator {
                 email,
                 expires_at,
             } => {
-                tracing::debug!(%user_id, %session_id, "refresh token rotated");
+                audit!(event = "refresh", %user_id, %session_id);
                 self.issue(Issued {
                     user_id,
                     email: &email,
@@ -217,6 +251,8 @@ impl Authenticator {
         if token.used_at.is_some() {
             let newly = self.revoke(session.id, RevokedReason::Reuse).await?;
             tracing::warn!(
+                target: "audit",
+                event = "refresh_token_reused",
                 user_id = %session.user_id,
                 session_id = %session.id,
                 newly_revoked = newly,
@@ -265,10 +301,10 @@ impl Authenticator {
             for session_id in &revoked {
                 self.revoked.insert(*session_id, now);
             }
-            tracing::info!(user_id = %session.user_id, sessions = revoked.len(), "all sessions logged out");
+            audit!(event = "logout_all", user_id = %session.user_id, sessions = revoked.len());
         } else {
             self.revoke(session.id, RevokedReason::Logout).await?;
-            tracing::info!(user_id = %session.user_id, session_id = %session.id, "session logged out");
+            audit!(event = "logout", user_id = %session.user_id, session_id = %session.id);
         }
         Ok(())
     }

@@ -22,6 +22,17 @@ const OUTPUT_LEN: usize = 32;
 /// Length of a new hash's salt, in bytes.
 const SALT_LEN: usize = 16;
 
+/// The outcome of checking a password.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// Wrong password, or no such user.
+    Mismatch,
+    /// The password matches a hash made with the configured parameters.
+    Match,
+    /// The password matches a hash made with other parameters; here is its new hash.
+    MatchRehashed(String),
+}
+
 /// Work for a hashing thread: runs with that thread's reusable memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -89,19 +100,33 @@ impl PasswordHasher {
     }
 
     /// Whether `password` matches `stored` (a PHC string), compared in constant time. With
-    /// `stored` absent it checks against the dummy hash and answers false, taking the same time
-    /// as a real check.
+    /// `stored` absent it checks against the dummy hash and answers no match, taking the same
+    /// time as a real check. A match against a hash made with other parameters than the
+    /// configured ones also carries a new hash of the password, to store in its place.
     pub async fn verify(
         &self,
         password: Password,
         stored: Option<String>,
-    ) -> Result<bool, AuthError> {
+    ) -> Result<Verification, AuthError> {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
-        let matched = self
-            .run(move |memory| verify_phc(&phc, password.expose(), memory))
-            .await??;
-        Ok(known && matched)
+        let params = self.params.clone();
+        self.run(move |memory| {
+            let (matched, current) = verify_phc(&phc, password.expose(), &params, memory)?;
+            if !(known && matched) {
+                return Ok(Verification::Mismatch);
+            }
+            if current {
+                return Ok(Verification::Match);
+            }
+            let salt = random::<SALT_LEN>()?;
+            let mut output = [0u8; OUTPUT_LEN];
+            argon2id(&params, password.expose(), &salt, &mut output, memory)?;
+            Ok(Verification::MatchRehashed(phc_string(
+                &params, &salt, &output,
+            )?))
+        })
+        .await?
     }
 
     /// Runs `work` on a hashing thread. A full queue answers [`AuthError::Overloaded`] at once:
@@ -180,8 +205,14 @@ fn argon2id(
     )
 }
 
-/// Recomputes a stored hash with its own algorithm, version and parameters.
-fn verify_phc(phc: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bool, AuthError> {
+/// Recomputes a stored hash with its own algorithm, version and parameters; also says whether
+/// those are the `configured` ones.
+fn verify_phc(
+    phc: &str,
+    password: &[u8],
+    configured: &Params,
+    memory: &mut Vec<Block>,
+) -> Result<(bool, bool), AuthError> {
     let parsed = PasswordHash::new(phc).map_err(internal)?;
     let algorithm = Algorithm::try_from(parsed.algorithm).map_err(internal)?;
     let version = parsed
@@ -206,8 +237,16 @@ fn verify_phc(phc: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<boo
         &mut output,
         memory,
     )?;
+    let current = algorithm == Algorithm::Argon2id
+        && version == Version::V0x13
+        && (params.m_cost(), params.t_cost(), params.p_cost())
+            == (
+                configured.m_cost(),
+                configured.t_cost(),
+                configured.p_cost(),
+            );
     // `Output`'s equality is constant-time.
-    Ok(Output::new(&output).map_err(internal)? == expected)
+    Ok((Output::new(&output).map_err(internal)? == expected, current))
 }
 
 fn phc_string(params: &Params, salt: &[u8], output: &[u8]) -> Result<String, AuthError> {
@@ -256,18 +295,16 @@ mod tests {
         let hasher = cheap();
         let phc = hasher.hash(pw("correct horse")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
-        assert!(
-            hasher
-                .verify(pw("correct horse"), Some(phc.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(pw("battery staple"), Some(phc))
-                .await
-                .unwrap()
-        );
+        let right = hasher
+            .verify(pw("correct horse"), Some(phc.clone()))
+            .await
+            .unwrap();
+        assert_eq!(right, Verification::Match);
+        let wrong = hasher
+            .verify(pw("battery staple"), Some(phc))
+            .await
+            .unwrap();
+        assert_eq!(wrong, Verification::Mismatch);
     }
 
     #[tokio::test]
@@ -275,11 +312,8 @@ mod tests {
         let hasher = cheap();
         let ours = hasher.hash(pw("correct horse")).await.unwrap();
         let parsed = PasswordHash::new(&ours).unwrap();
-        assert!(
-            Argon2::default()
-                .verify_password(b"correct horse", &parsed)
-                .is_ok()
-        );
+        let reference_verifies = Argon2::default().verify_password(b"correct horse", &parsed);
+        assert!(reference_verifies.is_ok());
 
         use argon2::PasswordHasher as _;
         let salt = SaltString::encode_b64(b"sixteen byte salt").unwrap();
@@ -287,24 +321,31 @@ mod tests {
             .hash_password(b"pw-from-elsewhere", &salt)
             .unwrap()
             .to_string();
-        assert!(
-            hasher
-                .verify(pw("pw-from-elsewhere"), Some(reference.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(pw("pw-from-elsewher"), Some(reference))
-                .await
-                .unwrap()
-        );
+        // Argon2::default() is m=19456,t=2: other parameters than these, so a match rehashes.
+        let verified = hasher
+            .verify(pw("pw-from-elsewhere"), Some(reference.clone()))
+            .await;
+        let Verification::MatchRehashed(new) = verified.unwrap() else {
+            panic!("a hash with other parameters is rehashed on a match");
+        };
+        assert!(new.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{new}");
+        let again = hasher
+            .verify(pw("pw-from-elsewhere"), Some(new))
+            .await
+            .unwrap();
+        assert_eq!(again, Verification::Match);
+        let wrong = hasher
+            .verify(pw("pw-from-elsewher"), Some(reference))
+            .await
+            .unwrap();
+        assert_eq!(wrong, Verification::Mismatch);
     }
 
     #[tokio::test]
     async fn an_unknown_user_never_verifies() {
         let hasher = cheap();
-        assert!(!hasher.verify(pw("anything"), None).await.unwrap());
+        let unknown = hasher.verify(pw("anything"), None).await.unwrap();
+        assert_eq!(unknown, Verification::Mismatch);
         assert!(
             hasher
                 .dummy_hash
@@ -317,7 +358,8 @@ mod tests {
         let hasher = PasswordHasher::new(Argon2Settings::default(), 1, 1).unwrap();
         let phc = hasher.hash(pw("correct horse")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(hasher.verify(pw("correct horse"), Some(phc)).await.unwrap());
+        let verified = hasher.verify(pw("correct horse"), Some(phc)).await.unwrap();
+        assert_eq!(verified, Verification::Match);
     }
 
     #[tokio::test]

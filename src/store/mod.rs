@@ -121,6 +121,8 @@ pub enum RevokedReason {
     Reuse,
     /// The user was disabled.
     UserDisabled,
+    /// The user's password was changed.
+    PasswordChanged,
 }
 
 impl RevokedReason {
@@ -130,6 +132,7 @@ impl RevokedReason {
             Self::Logout => "logout",
             Self::Reuse => "reuse",
             Self::UserDisabled => "user_disabled",
+            Self::PasswordChanged => "password_changed",
         }
     }
 }
@@ -297,6 +300,56 @@ impl Store {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise.
+    #[tracing::instrument(skip(self, old_hash, new_hash), level = "debug")]
+    pub async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, new_hash.into())
+            .col_expr(user::Column::UpdatedAt, now().into())
+            .filter(user::Column::Id.eq(user_id))
+            .filter(user::Column::PasswordHash.eq(old_hash))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(updated == 1)
+    }
+
+    /// Sets a user's password hash and revokes all their sessions, in one transaction; `None` if
+    /// no user has that email.
+    #[tracing::instrument(skip(self, password_hash), level = "debug")]
+    pub async fn set_password(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let now = now();
+        let txn = self.db.begin().await?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, password_hash.into())
+            .col_expr(user::Column::UpdatedAt, now.into())
+            .filter(user::Column::Email.eq(email))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        let user = user::Entity::find()
+            .filter(user::Column::Email.eq(email))
+            .one(&txn)
+            .await?;
+        let Some(user) = user.filter(|_| updated == 1) else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let reason = RevokedReason::PasswordChanged;
+        revoke_sessions_where(&txn, session::Column::UserId.eq(user.id), reason, now).await?;
+        txn.commit().await?;
+        Ok(Some(user.id))
     }
 
     /// Marks a user disabled and revokes all their sessions, in one transaction; `None` if no
