@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use crate::auth::Backoff;
+
 /// Where `AUTH_DATABASE_URL` points when it is not set: an SQLite file created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/authd.db?mode=rwc";
 
@@ -66,6 +68,15 @@ pub struct Config {
     /// `AUTH_MAX_REQUEST_BYTES`: largest request message accepted; larger ones are refused
     /// with RESOURCE_EXHAUSTED before they are decoded.
     pub max_request_bytes: usize,
+    /// Login throttling per account: `AUTH_LOGIN_FREE_ATTEMPTS` failures are free, then each
+    /// further one doubles the delay from `AUTH_LOGIN_BASE_DELAY` up to `AUTH_LOGIN_MAX_DELAY`.
+    pub account_backoff: Backoff,
+    /// Login throttling per client address: the same delays after
+    /// `AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS` failures.
+    pub address_backoff: Backoff,
+    /// `AUTH_TRUST_FORWARDED_FOR`: take the client address from the first `x-forwarded-for`
+    /// entry (set it only behind a proxy that writes that header).
+    pub trust_forwarded_for: bool,
     /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// `AUTH_DB_PROBE_INTERVAL`: how often a background probe checks the database; health is
@@ -167,6 +178,17 @@ impl Config {
                 16 * 1024,
                 1024..=4 * 1024 * 1024,
             )?,
+            account_backoff: Backoff {
+                free_attempts: vars.number("AUTH_LOGIN_FREE_ATTEMPTS", 5, 1..=1000)?,
+                base_delay: vars.duration("AUTH_LOGIN_BASE_DELAY", "1s")?,
+                max_delay: vars.duration("AUTH_LOGIN_MAX_DELAY", "15m")?,
+            },
+            address_backoff: Backoff {
+                free_attempts: vars.number("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", 20, 1..=100_000)?,
+                base_delay: vars.duration("AUTH_LOGIN_BASE_DELAY", "1s")?,
+                max_delay: vars.duration("AUTH_LOGIN_MAX_DELAY", "15m")?,
+            },
+            trust_forwarded_for: vars.flag("AUTH_TRUST_FORWARDED_FOR", false)?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
             db_probe_interval: vars.duration("AUTH_DB_PROBE_INTERVAL", "5s")?,
             revocation_poll: vars.duration("AUTH_REVOCATION_POLL", "1s")?,
@@ -248,6 +270,15 @@ impl Vars {
             ));
         }
         Ok(value)
+    }
+
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.0.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+            Some(_) => Err(error(name, "must be true or false")),
+        }
     }
 
     fn duration_allowing_zero(

@@ -153,8 +153,9 @@ impl Application {
             let _ = stop_http.send(());
         };
 
-        let auth_service = AuthServiceServer::new(AuthGrpc::new(self.auth))
-            .max_decoding_message_size(self.config.max_request_bytes);
+        let auth_service =
+            AuthServiceServer::new(AuthGrpc::new(self.auth, self.config.trust_forwarded_for))
+                .max_decoding_message_size(self.config.max_request_bytes);
         let serve = Server::builder()
             .layer(tower::util::MapResponseLayer::new(
                 grpc::oversized_is_resource_exhausted,

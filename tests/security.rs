@@ -1,4 +1,5 @@
-//! Security hardening: absolute session lifetime, bounded requests and hashing queue.
+//! Security hardening: session lifetime, bounded requests and hashing, rehash, set-password,
+//! login throttling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -17,6 +18,7 @@ on_both_backends!(
     a_session_cannot_refresh_past_its_max_lifetime,
     a_login_rehashes_a_password_made_with_other_parameters,
     set_password_revokes_every_session,
+    failed_logins_throttle_the_account_with_growing_delays,
 );
 
 async fn stored_hash(app: &TestApp) -> String {
@@ -210,4 +212,134 @@ async fn a_session_cannot_refresh_past_its_max_lifetime(backend: Backend) {
         .await
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "SESSION_EXPIRED");
+}
+
+const THROTTLE: [(&str, &str); 4] = [
+    ("AUTH_LOGIN_FREE_ATTEMPTS", "2"),
+    ("AUTH_LOGIN_BASE_DELAY", "300ms"),
+    ("AUTH_LOGIN_MAX_DELAY", "5s"),
+    ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "1000"),
+];
+
+fn retry_delay(status: &tonic::Status) -> Duration {
+    use tonic_types::StatusExt as _;
+    assert_status(status, Code::ResourceExhausted, "LOGIN_THROTTLED");
+    let info = status.get_details_retry_info().expect("RetryInfo");
+    info.retry_delay.expect("a delay")
+}
+
+/// Tries `password` until the throttle lets an attempt through; returns that attempt's result.
+async fn first_unthrottled(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+) -> Result<authd::proto::LoginResponse, tonic::Status> {
+    eventually(
+        Duration::from_secs(10),
+        "the throttle to let a login through",
+        || async {
+            match login(&app.client, email, password).await {
+                Err(status) if status.code() == Code::ResourceExhausted => None,
+                other => Some(other),
+            }
+        },
+    )
+    .await
+}
+
+async fn failed_logins_throttle_the_account_with_growing_delays(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &THROTTLE).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    app.add_user("bob@example.com", PASSWORD).await;
+
+    for _ in 0..2 {
+        let status = login(&app.client, "alice@example.com", "wrong")
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    // Now even the right password waits: nothing is checked until the delay has passed.
+    let first = retry_delay(
+        &login(&app.client, "alice@example.com", PASSWORD)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        first > Duration::ZERO && first <= Duration::from_millis(300),
+        "{first:?}"
+    );
+
+    // An unknown email is throttled the same way.
+    for _ in 0..2 {
+        let _ = login(&app.client, "nobody@example.com", "wrong").await;
+    }
+    let unknown = login(&app.client, "nobody@example.com", "wrong")
+        .await
+        .unwrap_err();
+    assert!(retry_delay(&unknown) <= Duration::from_millis(300));
+
+    // Another account is unaffected.
+    login(&app.client, "bob@example.com", PASSWORD)
+        .await
+        .expect("bob is not throttled");
+
+    // One more failure after the delay: the next delay is longer.
+    let failed = first_unthrottled(&app, "alice@example.com", "wrong")
+        .await
+        .unwrap_err();
+    assert_status(&failed, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    let second = retry_delay(
+        &login(&app.client, "alice@example.com", PASSWORD)
+            .await
+            .unwrap_err(),
+    );
+    assert!(second > first, "the delay grows: {first:?} then {second:?}");
+
+    // The right password works once the delay is over, and resets the count.
+    first_unthrottled(&app, "alice@example.com", PASSWORD)
+        .await
+        .expect("right password");
+    let status = login(&app.client, "alice@example.com", "wrong")
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_throttle_the_client_address() {
+    let settings = [
+        ("AUTH_LOGIN_FREE_ATTEMPTS", "100"),
+        ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "3"),
+        ("AUTH_LOGIN_BASE_DELAY", "10s"),
+        ("AUTH_TRUST_FORWARDED_FOR", "true"),
+    ];
+    let app = TestApp::spawn_with(Backend::Sqlite, &settings).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let from = |address: &str, email: &str, password: &str| {
+        let mut request = tonic::Request::new(authd::proto::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        });
+        request.metadata_mut().insert(
+            "x-forwarded-for",
+            format!("{address}, 10.0.0.1").parse().unwrap(),
+        );
+        let mut client = app.client.clone();
+        async move { client.login(request).await }
+    };
+    for n in 0..3 {
+        let status = from("203.0.113.7", &format!("guess{n}@example.com"), "wrong")
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    // A fourth account from that address is refused before any hashing...
+    let status = from("203.0.113.7", "alice@example.com", PASSWORD)
+        .await
+        .unwrap_err();
+    assert!(retry_delay(&status) > Duration::from_secs(5));
+    // ...while the same account from another address is fine.
+    from("198.51.100.2", "alice@example.com", PASSWORD)
+        .await
+        .expect("another address");
 }

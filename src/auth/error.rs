@@ -45,6 +45,13 @@ pub enum AuthError {
     /// ALREADY_EXISTS (EMAIL_TAKEN): a new user's email is already registered (CLI only).
     #[error("a user with this email already exists")]
     EmailTaken,
+    /// RESOURCE_EXHAUSTED (LOGIN_THROTTLED): too many failed logins for this account or from
+    /// this address; no password is checked until `retry_after` has passed.
+    #[error("too many failed logins; retry later")]
+    Throttled {
+        /// How long until the next attempt is allowed.
+        retry_after: std::time::Duration,
+    },
     /// RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE): the request message exceeds
     /// `AUTH_MAX_REQUEST_BYTES`; it was refused before decoding.
     #[error("request too large")]

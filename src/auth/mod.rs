@@ -13,8 +13,9 @@ mod error;
 mod password;
 mod refresh_token;
 mod revocation;
+mod throttle;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
@@ -27,6 +28,7 @@ pub use error::AuthError;
 pub use password::{PasswordHasher, Verification};
 pub use refresh_token::RefreshToken;
 pub use revocation::RevokedSessions;
+pub use throttle::{AddressThrottle, Backoff};
 
 use crate::{
     config::Config,
@@ -110,6 +112,8 @@ pub struct Authenticator {
     revoked: Arc<RevokedSessions>,
     access_token_ttl: Duration,
     lifetimes: Lifetimes,
+    account_backoff: Backoff,
+    addresses: AddressThrottle,
 }
 
 impl Authenticator {
@@ -127,6 +131,8 @@ impl Authenticator {
             keys,
             revoked,
             access_token_ttl: config.access_token_ttl,
+            account_backoff: config.account_backoff,
+            addresses: AddressThrottle::new(config.address_backoff),
             lifetimes: Lifetimes {
                 refresh_token: TimeDelta::from_std(config.refresh_token_ttl)
                     .unwrap_or(TimeDelta::MAX),
@@ -139,7 +145,23 @@ impl Authenticator {
     /// Checks the credentials and opens a session. Unknown email, wrong password and disabled
     /// user are one error, and all three run a full argon2 verification.
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, email: Email, password: Password) -> Result<IssuedTokens, AuthError> {
+    pub async fn login(
+        &self,
+        email: Email,
+        password: Password,
+        client: Option<IpAddr>,
+    ) -> Result<IssuedTokens, AuthError> {
+        // Throttled before any hashing, and the same way whether or not the email exists.
+        let started = store::now();
+        let account_block = self.store.login_blocked_until(email.as_str()).await?;
+        let address_block = client.and_then(|ip| self.addresses.blocked_until(ip, started));
+        let blocked = account_block.into_iter().chain(address_block).max();
+        if let Some(until) = blocked.filter(|until| *until > started) {
+            audit!(event = "login_throttled", email = email.as_str(), client = ?client);
+            let retry_after = (until - started).to_std().unwrap_or_default();
+            return Err(AuthError::Throttled { retry_after });
+        }
+
         let user = self.store.user_by_email(email.as_str()).await?;
         let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
         let verification = self.hasher.verify(password, stored_hash).await?;
@@ -148,10 +170,27 @@ impl Authenticator {
                 user
             }
             _ => {
-                audit!(event = "login_failed", email = email.as_str());
+                let now = store::now();
+                let backoff = self.account_backoff;
+                let failures = self
+                    .store
+                    .record_login_failure(
+                        email.as_str(),
+                        now,
+                        now - throttle::FAILURE_MEMORY,
+                        |n| backoff.delay(n),
+                    )
+                    .await?;
+                if let Some(ip) = client {
+                    self.addresses.record_failure(ip, now);
+                }
+                audit!(event = "login_failed", email = email.as_str(), failures, client = ?client);
                 return Err(AuthError::InvalidCredentials);
             }
         };
+        if account_block.is_some() {
+            self.store.clear_login_failures(email.as_str()).await?;
+        }
         if let Verification::MatchRehashed(new_hash) = verification {
             // Conditional on the old hash, so a concurrent password change is never undone.
             self.store

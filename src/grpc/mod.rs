@@ -3,7 +3,7 @@
 pub mod codec;
 mod status;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, net::IpAddr, sync::Arc, time::Instant};
 
 use tonic::{Request, Response, Status, codegen::http};
 
@@ -19,12 +19,29 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthGrpc {
     auth: Arc<Authenticator>,
+    trust_forwarded_for: bool,
 }
 
 impl AuthGrpc {
-    /// Serves `auth` over gRPC.
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    /// Serves `auth` over gRPC; with `trust_forwarded_for`, the client address is the first
+    /// `x-forwarded-for` entry rather than the peer.
+    pub fn new(auth: Arc<Authenticator>, trust_forwarded_for: bool) -> Self {
+        Self {
+            auth,
+            trust_forwarded_for,
+        }
+    }
+
+    /// The address login throttling counts failures against.
+    fn client_address<T>(&self, request: &Request<T>) -> Option<IpAddr> {
+        let forwarded = self
+            .trust_forwarded_for
+            .then(|| request.metadata().get("x-forwarded-for"))
+            .flatten()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|list| list.split(',').next())
+            .and_then(|first| first.trim().parse().ok());
+        forwarded.or_else(|| request.remote_addr().map(|peer| peer.ip()))
     }
 }
 
@@ -35,10 +52,11 @@ impl AuthService for AuthGrpc {
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         observe("Login", async {
+            let client = self.client_address(&request);
             let LoginRequest { email, password } = request.into_inner();
             let email = Email::parse(&email)?;
             let password = Password::parse(password)?;
-            Ok(self.auth.login(email, password).await?.into())
+            Ok(self.auth.login(email, password, client).await?.into())
         })
         .await
     }

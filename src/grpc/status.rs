@@ -27,6 +27,7 @@ impl From<AuthError> for Status {
             AuthError::RefreshTokenReused => (Code::Unauthenticated, "REFRESH_TOKEN_REUSED"),
             AuthError::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
             AuthError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
+            AuthError::Throttled { .. } => (Code::ResourceExhausted, "LOGIN_THROTTLED"),
             AuthError::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
             AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
@@ -35,8 +36,14 @@ impl From<AuthError> for Status {
             tracing::error!(error = %crate::error_chain(&err), "request failed");
         }
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
-        if matches!(err, AuthError::Overloaded) {
-            details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+        match err {
+            AuthError::Overloaded => {
+                details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+            }
+            AuthError::Throttled { retry_after } => {
+                details.set_retry_info(Some(retry_after));
+            }
+            _ => {}
         }
         Status::with_error_details(code, err.to_string(), details)
     }

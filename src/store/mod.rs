@@ -16,7 +16,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::config::Config;
-use entity::{refresh_token, session, user};
+use entity::{login_attempt, refresh_token, session, user};
 
 /// A storage failure, classified once so the domain can answer UNAVAILABLE or INTERNAL.
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +300,79 @@ impl Store {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Until when logins for `email` are blocked, if a failure was ever recorded for it.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn login_blocked_until(
+        &self,
+        email: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(login_attempt::Entity::find_by_id(email.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|row| row.blocked_until))
+    }
+
+    /// Counts a failed login for `email` (forgetting failures before `forget_before`) and
+    /// blocks it for `delay(failures)`; returns the new count.
+    #[tracing::instrument(skip(self, delay), level = "debug")]
+    pub async fn record_login_failure(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+        delay: impl Fn(u32) -> TimeDelta,
+    ) -> Result<u32, StoreError> {
+        use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
+        let txn = self.db.begin().await?;
+        // One atomic increment, whatever other replicas do at the same moment.
+        let count = Expr::case(
+            Expr::col((login_attempt::Entity, login_attempt::Column::LastFailureAt))
+                .lt(forget_before),
+            1,
+        )
+        .finally(Expr::col((login_attempt::Entity, login_attempt::Column::Failures)).add(1));
+        login_attempt::Entity::insert(login_attempt::ActiveModel {
+            email: Set(email.to_owned()),
+            failures: Set(1),
+            last_failure_at: Set(now),
+            blocked_until: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(login_attempt::Column::Email)
+                .value(login_attempt::Column::Failures, count)
+                .value(login_attempt::Column::LastFailureAt, now)
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let Some(row) = login_attempt::Entity::find_by_id(email.to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Err(missing("login attempt just written"));
+        };
+        let failures = u32::try_from(row.failures).unwrap_or(0);
+        let blocked_until = now
+            .checked_add_signed(delay(failures))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        login_attempt::Entity::update_many()
+            .col_expr(login_attempt::Column::BlockedUntil, blocked_until.into())
+            .filter(login_attempt::Column::Email.eq(email))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(failures)
+    }
+
+    /// Forgets the failed logins of `email` (after a success).
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn clear_login_failures(&self, email: &str) -> Result<(), StoreError> {
+        login_attempt::Entity::delete_by_id(email.to_owned())
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise.
