@@ -56,6 +56,13 @@ pub struct Config {
     /// `AUTH_SESSION_MAX_LIFETIME`: a session's absolute lifetime from its login; rotation
     /// never extends a session past it.
     pub session_max_lifetime: Duration,
+    /// `AUTH_REFRESH_REUSE_GRACE`: `off` (strict, the default) or a duration within which a
+    /// retry with the token just rotated gets the same successor back.
+    pub refresh_reuse_grace: Option<Duration>,
+    /// `AUTH_REFRESH_GRACE_KEY_FILE`: the key that derives successors for the reuse grace (an
+    /// Ed25519 private key file, as `authd keys generate` writes; never the signing key). Unset
+    /// with SQLite: generated beside the database when the grace is on.
+    pub refresh_grace_key_file: Option<PathBuf>,
     /// `AUTH_JWT_LEEWAY`: clock skew tolerated on `exp` and `nbf`.
     pub jwt_leeway: Duration,
     /// `AUTH_ARGON2_*`: cost of password hashing.
@@ -165,6 +172,11 @@ impl Config {
             access_token_ttl: vars.duration("AUTH_ACCESS_TOKEN_TTL", "15m")?,
             refresh_token_ttl: vars.duration("AUTH_REFRESH_TOKEN_TTL", "7d")?,
             session_max_lifetime: vars.duration("AUTH_SESSION_MAX_LIFETIME", "30d")?,
+            refresh_reuse_grace: match vars.raw("AUTH_REFRESH_REUSE_GRACE", "off") {
+                "off" => None,
+                _ => Some(vars.duration("AUTH_REFRESH_REUSE_GRACE", "off")?),
+            },
+            refresh_grace_key_file: vars.0.get("AUTH_REFRESH_GRACE_KEY_FILE").map(PathBuf::from),
             jwt_leeway: vars.duration_allowing_zero("AUTH_JWT_LEEWAY", "0s")?,
             argon2,
             password_hash_concurrency: vars.number(
@@ -203,6 +215,14 @@ impl Config {
                 variable: "AUTH_DATABASE_URL",
                 problem: "must start with sqlite: or postgres://".into(),
             });
+        }
+        if config.refresh_grace_key_file.is_some()
+            && config.refresh_grace_key_file == config.signing_key_file
+        {
+            return Err(error(
+                "AUTH_REFRESH_GRACE_KEY_FILE",
+                "must be a key of its own, not AUTH_SIGNING_KEY_FILE",
+            ));
         }
         for (variable, ttl) in [
             ("AUTH_ACCESS_TOKEN_TTL", config.access_token_ttl),

@@ -10,8 +10,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     auth::{
-        Authenticator, PasswordHasher, RevokedSessions, TokenKeys, load_signing_key,
-        load_verification_key,
+        Authenticator, PasswordHasher, ReuseGrace, RevokedSessions, SuccessorKey, TokenKeys,
+        load_signing_key, load_verification_key,
     },
     cleanup,
     config::Config,
@@ -64,6 +64,7 @@ impl Application {
             keys,
             hasher,
             Arc::clone(&revoked),
+            load_reuse_grace(&config)?,
         ));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -226,6 +227,24 @@ fn load_token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
         config.jwt_leeway,
     )
     .context("while preparing the token keys")
+}
+
+/// The reuse grace, when `AUTH_REFRESH_REUSE_GRACE` is set, with its successor key.
+fn load_reuse_grace(config: &Config) -> anyhow::Result<Option<ReuseGrace>> {
+    let Some(window) = config.refresh_reuse_grace else {
+        return Ok(None);
+    };
+    let generated_path = store::sqlite_file(&config.database_url)
+        .map(|db| db.with_file_name("refresh_grace_key.pem"));
+    let key = load_signing_key(
+        config.refresh_grace_key_file.as_deref(),
+        generated_path.as_deref(),
+    )
+    .context("while loading the reuse-grace key (AUTH_REFRESH_GRACE_KEY_FILE)")?;
+    Ok(Some(ReuseGrace {
+        window: chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX),
+        key: SuccessorKey::new(key.to_bytes()),
+    }))
 }
 
 /// Checks the database every `interval`: health is NOT_SERVING while it does not answer

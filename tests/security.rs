@@ -19,7 +19,80 @@ on_both_backends!(
     a_login_rehashes_a_password_made_with_other_parameters,
     set_password_revokes_every_session,
     failed_logins_throttle_the_account_with_growing_delays,
+    within_the_reuse_grace_a_retry_gets_the_same_successor,
+    after_the_reuse_grace_a_retry_revokes_the_session,
 );
+
+async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("AUTH_REFRESH_REUSE_GRACE", "30s")]).await;
+    let first = app.user_with_session("alice@example.com").await;
+    let second = refresh(&app.client, &first.refresh_token).await.unwrap();
+
+    // The answer got lost; the client retries with the token it still has.
+    let retried = refresh(&app.client, &first.refresh_token)
+        .await
+        .expect("forgiven retry");
+    assert_eq!(
+        retried.refresh_token, second.refresh_token,
+        "the same successor, none minted"
+    );
+    assert_eq!(retried.session_id, first.session_id);
+    validate(&app.client, &retried.access_token)
+        .await
+        .expect("the session survives");
+    let tokens = authd::store::entity::refresh_token::Entity::find()
+        .all(&Database::connect(app.db.url()).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(tokens.len(), 2, "no new refresh token was stored");
+
+    // Once the successor is used, the first token is two generations old: theft.
+    let third = refresh(&app.client, &second.refresh_token)
+        .await
+        .expect("chain goes on");
+    let status = refresh(&app.client, &first.refresh_token)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+    let status = refresh(&app.client, &third.refresh_token)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+
+    if let Some(dir) = app.db.sqlite_dir() {
+        let db = std::fs::read(dir.join("authd.db")).unwrap();
+        let wal = std::fs::read(dir.join("authd.db-wal")).unwrap_or_default();
+        for raw in [&second.refresh_token, &third.refresh_token] {
+            let stored = [&db, &wal]
+                .iter()
+                .any(|bytes| bytes.windows(raw.len()).any(|w| w == raw.as_bytes()));
+            assert!(!stored, "a raw refresh token is stored");
+        }
+    }
+}
+
+async fn after_the_reuse_grace_a_retry_revokes_the_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("AUTH_REFRESH_REUSE_GRACE", "1s")]).await;
+    let first = app.user_with_session("alice@example.com").await;
+    let second = refresh(&app.client, &first.refresh_token).await.unwrap();
+    let rotated_at = chrono::Utc::now();
+    eventually(
+        Duration::from_secs(10),
+        "the grace window to close",
+        || async {
+            (chrono::Utc::now() > rotated_at + chrono::TimeDelta::milliseconds(1500)).then_some(())
+        },
+    )
+    .await;
+    let status = refresh(&app.client, &first.refresh_token)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+    let status = refresh(&app.client, &second.refresh_token)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+}
 
 async fn stored_hash(app: &TestApp) -> String {
     let db = Database::connect(app.db.url()).await.unwrap();

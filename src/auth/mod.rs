@@ -26,7 +26,7 @@ pub use access_token::{
 pub use credentials::{Email, Password};
 pub use error::AuthError;
 pub use password::{PasswordHasher, Verification};
-pub use refresh_token::RefreshToken;
+pub use refresh_token::{RefreshToken, SuccessorKey};
 pub use revocation::RevokedSessions;
 pub use throttle::{AddressThrottle, Backoff};
 
@@ -114,6 +114,17 @@ pub struct Authenticator {
     lifetimes: Lifetimes,
     account_backoff: Backoff,
     addresses: AddressThrottle,
+    grace: Option<ReuseGrace>,
+}
+
+/// `AUTH_REFRESH_REUSE_GRACE`: a retry with the parent of a session's newest token, within
+/// `window` of its rotation, gets that same newest token back.
+#[derive(Debug)]
+pub struct ReuseGrace {
+    /// How long after a rotation a retry with the old token is forgiven.
+    pub window: TimeDelta,
+    /// Derives successors, so the same one can be handed out again.
+    pub key: SuccessorKey,
 }
 
 impl Authenticator {
@@ -124,6 +135,7 @@ impl Authenticator {
         keys: TokenKeys,
         hasher: PasswordHasher,
         revoked: Arc<RevokedSessions>,
+        grace: Option<ReuseGrace>,
     ) -> Self {
         Self {
             store,
@@ -132,6 +144,7 @@ impl Authenticator {
             revoked,
             access_token_ttl: config.access_token_ttl,
             account_backoff: config.account_backoff,
+            grace,
             addresses: AddressThrottle::new(config.address_backoff),
             lifetimes: Lifetimes {
                 refresh_token: TimeDelta::from_std(config.refresh_token_ttl)
@@ -249,7 +262,10 @@ impl Authenticator {
     #[tracing::instrument(skip_all)]
     pub async fn refresh(&self, token: RefreshToken) -> Result<IssuedTokens, AuthError> {
         let now = store::now();
-        let successor = RefreshToken::generate()?;
+        let successor = match &self.grace {
+            Some(grace) => grace.key.successor_of(&token),
+            None => RefreshToken::generate()?,
+        };
         let rotation = self
             .store
             .rotate_refresh_token(&token.hash(), &successor.hash(), now, self.lifetimes)
@@ -273,21 +289,29 @@ impl Authenticator {
             }
             Rotation::SessionRevoked => Err(AuthError::SessionRevoked),
             Rotation::SessionExpired => Err(AuthError::SessionExpired),
-            Rotation::NotCurrent => Err(self.refusal(&token, now).await?),
+            Rotation::NotCurrent => self.not_current(&token, now).await,
         }
     }
 
-    /// Why a token that did not rotate was refused; a reused token revokes its session.
-    async fn refusal(
+    /// A token that did not rotate: a forgiven retry within the reuse grace, or the reason it
+    /// is refused. A reused token revokes its session.
+    async fn not_current(
         &self,
-        token: &RefreshToken,
+        presented: &RefreshToken,
         now: DateTime<Utc>,
-    ) -> Result<AuthError, AuthError> {
-        let Some(TokenRecord { token, session }) = self.store.token_record(&token.hash()).await?
+    ) -> Result<IssuedTokens, AuthError> {
+        let Some(TokenRecord { token, session }) =
+            self.store.token_record(&presented.hash()).await?
         else {
-            return Ok(AuthError::RefreshTokenInvalid);
+            return Err(AuthError::RefreshTokenInvalid);
         };
-        if token.used_at.is_some() {
+        if let Some(used_at) = token.used_at {
+            if let Some(again) = self
+                .grace_retry(presented, &token, &session, used_at, now)
+                .await?
+            {
+                return Ok(again);
+            }
             let newly = self.revoke(session.id, RevokedReason::Reuse).await?;
             tracing::warn!(
                 target: "audit",
@@ -297,10 +321,10 @@ impl Authenticator {
                 newly_revoked = newly,
                 "refresh token reuse detected: session revoked"
             );
-            return Ok(AuthError::RefreshTokenReused);
+            return Err(AuthError::RefreshTokenReused);
         }
         let session_over = self.lifetimes.session_end(session.created_at) <= now;
-        Ok(if session.revoked_at.is_some() {
+        Err(if session.revoked_at.is_some() {
             AuthError::SessionRevoked
         } else if session_over {
             AuthError::SessionExpired
@@ -312,6 +336,47 @@ impl Authenticator {
             // The conditional update and this read disagree: not expected on either backend.
             AuthError::Internal("a current refresh token failed to rotate".into())
         })
+    }
+
+    /// Hands out again the successor of `presented` when the grace allows it: the token was
+    /// rotated within the window, its successor is still the session's newest token, and the
+    /// session is alive. Nothing is written: no new refresh token is minted.
+    async fn grace_retry(
+        &self,
+        presented: &RefreshToken,
+        token: &store::entity::refresh_token::Model,
+        session: &store::entity::session::Model,
+        used_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IssuedTokens>, AuthError> {
+        let Some(grace) = &self.grace else {
+            return Ok(None);
+        };
+        if now - used_at > grace.window || session.revoked_at.is_some() || session.expires_at <= now
+        {
+            return Ok(None);
+        }
+        let Some(successor_row) = self.store.successor_of(token.id).await? else {
+            return Ok(None);
+        };
+        let successor = grace.key.successor_of(presented);
+        let newest = successor_row.used_at.is_none() && successor_row.expires_at > now;
+        if !newest || successor_row.token_hash != successor.hash() {
+            return Ok(None);
+        }
+        let Some(user) = self.store.user_by_id(session.user_id).await? else {
+            return Ok(None);
+        };
+        audit!(event = "refresh_retried", user_id = %user.id, session_id = %session.id);
+        self.issue(Issued {
+            user_id: user.id,
+            email: &user.email,
+            session_id: session.id,
+            now,
+            refresh_token: successor,
+            refresh_expires_at: successor_row.expires_at,
+        })
+        .map(Some)
     }
 
     /// Revokes the session of `token`, or every session of its user. Unknown, malformed,

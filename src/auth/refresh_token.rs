@@ -53,6 +53,33 @@ impl RefreshToken {
     }
 }
 
+/// Derives a token's successor from the token itself, under a server key, so a client retrying
+/// within the reuse grace gets the same successor back although the database keeps only hashes.
+pub struct SuccessorKey([u8; 32]);
+
+impl std::fmt::Debug for SuccessorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SuccessorKey(..)")
+    }
+}
+
+impl SuccessorKey {
+    /// A key from 32 secret bytes (kept apart from the JWT signing key).
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self(secret)
+    }
+
+    /// HMAC-SHA256 of the parent token: as unpredictable as a random token to anyone without
+    /// the key, and the same every time for the same parent.
+    pub fn successor_of(&self, parent: &RefreshToken) -> RefreshToken {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(parent.expose().as_bytes());
+        RefreshToken(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()).into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +137,23 @@ mod tests {
                 Err(other) => proptest::prop_assert!(false, "unexpected error {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn successors_are_stable_per_parent_and_key_and_look_like_tokens() {
+        let (parent, other) = (
+            RefreshToken::generate().unwrap(),
+            RefreshToken::generate().unwrap(),
+        );
+        let key = SuccessorKey::new([1; 32]);
+        let successor = key.successor_of(&parent);
+        assert_eq!(successor.expose(), key.successor_of(&parent).expose());
+        assert_ne!(successor.expose(), key.successor_of(&other).expose());
+        assert_ne!(
+            successor.expose(),
+            SuccessorKey::new([2; 32]).successor_of(&parent).expose()
+        );
+        assert!(RefreshToken::parse(successor.expose().to_owned()).is_ok());
     }
 
     #[test]

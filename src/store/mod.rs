@@ -560,6 +560,24 @@ impl Store {
         })
     }
 
+    /// The token that replaced `token_id`, if any.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn successor_of(
+        &self,
+        token_id: Uuid,
+    ) -> Result<Option<refresh_token::Model>, StoreError> {
+        Ok(refresh_token::Entity::find()
+            .filter(refresh_token::Column::ParentId.eq(token_id))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// The user with this id.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn user_by_id(&self, user_id: Uuid) -> Result<Option<user::Model>, StoreError> {
+        Ok(user::Entity::find_by_id(user_id).one(&self.db).await?)
+    }
+
     /// The token with this hash and its session, whatever their state.
     #[tracing::instrument(skip_all, level = "debug")]
     pub async fn token_record(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {

@@ -83,9 +83,14 @@ pub fn settings(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, Strin
         ("AUTH_DATABASE_URL".to_owned(), db.url().to_owned()),
     ];
     if let Some(key) = db.key_file() {
+        let grace_key = key.with_file_name("refresh_grace_key.pem");
         vars.push((
             "AUTH_SIGNING_KEY_FILE".to_owned(),
             key.display().to_string(),
+        ));
+        vars.push((
+            "AUTH_REFRESH_GRACE_KEY_FILE".to_owned(),
+            grace_key.display().to_string(),
         ));
     }
     vars.extend(

@@ -64,8 +64,9 @@ impl TestDatabase {
             .expect("create test database");
         admin.close().await.expect("close admin connection");
         let key_dir = tempfile::tempdir().expect("temp dir");
-        authd::auth::generate_key_file(&key_dir.path().join("signing_key.pem"))
-            .expect("test signing key");
+        for key in ["signing_key.pem", "refresh_grace_key.pem"] {
+            authd::auth::generate_key_file(&key_dir.path().join(key)).expect("test key");
+        }
         Self::Postgres {
             url: format!("{server_url}/{name}"),
             name,
