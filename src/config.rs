@@ -26,6 +26,8 @@ pub struct ConfigError {
 pub struct Config {
     /// `AUTH_LISTEN`: the gRPC listen address. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// `AUTH_TLS_CERT_FILE` and `AUTH_TLS_KEY_FILE` (PEM): serve gRPC over TLS.
+    pub tls: Option<TlsFiles>,
     /// `AUTH_HTTP_LISTEN`: the plain-HTTP listen address for `/.well-known/jwks.json`.
     pub http_listen: SocketAddr,
     /// `AUTH_DATABASE_URL`: `sqlite://PATH?mode=rwc` or `postgres://USER@HOST/DB`.
@@ -101,6 +103,18 @@ pub struct Config {
     pub cleanup_batch_size: u64,
 }
 
+/// TLS for the gRPC port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `AUTH_TLS_CERT_FILE`: the server's certificate chain, PEM.
+    pub cert: PathBuf,
+    /// `AUTH_TLS_KEY_FILE`: the server's private key, PEM.
+    pub key: PathBuf,
+    /// `AUTH_TLS_CLIENT_CA_FILE`: when set, clients must present a certificate signed by this
+    /// CA (mutual TLS); one without is refused at the handshake.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Argon2id cost parameters. The defaults are OWASP's recommendation (19 MiB, 2 passes, 1 lane).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Argon2Settings {
@@ -154,6 +168,7 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = Self {
             listen: vars.parsed("AUTH_LISTEN", "127.0.0.1:50051")?,
+            tls: vars.tls()?,
             http_listen: vars.parsed("AUTH_HTTP_LISTEN", "127.0.0.1:8080")?,
             database_url: vars.text("AUTH_DATABASE_URL", DEFAULT_DATABASE_URL)?,
             db_max_connections: vars.number("AUTH_DB_MAX_CONNECTIONS", 10, 1..=1000)?,
@@ -290,6 +305,31 @@ impl Vars {
             ));
         }
         Ok(value)
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let path = |name: &str| self.0.get(name).map(|v| PathBuf::from(v.trim()));
+        let client_ca = path("AUTH_TLS_CLIENT_CA_FILE");
+        match (path("AUTH_TLS_CERT_FILE"), path("AUTH_TLS_KEY_FILE")) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None) if client_ca.is_none() => Ok(None),
+            (None, None) => Err(error(
+                "AUTH_TLS_CLIENT_CA_FILE",
+                "needs AUTH_TLS_CERT_FILE and AUTH_TLS_KEY_FILE",
+            )),
+            (Some(_), None) => Err(error(
+                "AUTH_TLS_KEY_FILE",
+                "must be set with AUTH_TLS_CERT_FILE",
+            )),
+            (None, Some(_)) => Err(error(
+                "AUTH_TLS_CERT_FILE",
+                "must be set with AUTH_TLS_KEY_FILE",
+            )),
+        }
     }
 
     fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {

@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
         load_signing_key, load_verification_key,
     },
     cleanup,
-    config::Config,
+    config::{Config, TlsFiles},
     grpc::{self, AuthGrpc},
     proto::{self, auth_service_server::AuthServiceServer},
     store::{self, Store},
@@ -28,6 +28,7 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     http_listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     /// The public keys, published over HTTP.
     jwks: jsonwebtoken::jwk::JwkSet,
     store: Store,
@@ -69,6 +70,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("while binding AUTH_LISTEN={}", config.listen))?;
+        let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let http_listener = TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("while binding AUTH_HTTP_LISTEN={}", config.http_listen))?;
@@ -76,6 +78,7 @@ impl Application {
             config,
             listener,
             http_listener,
+            tls,
             jwks,
             store,
             auth,
@@ -157,7 +160,13 @@ impl Application {
         let auth_service =
             AuthServiceServer::new(AuthGrpc::new(self.auth, self.config.trust_forwarded_for))
                 .max_decoding_message_size(self.config.max_request_bytes);
-        let serve = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .context("while configuring TLS (AUTH_TLS_*)")?;
+        }
+        let serve = builder
             .layer(tower::util::MapResponseLayer::new(
                 grpc::oversized_is_resource_exhausted,
             ))
@@ -227,6 +236,21 @@ fn load_token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
         config.jwt_leeway,
     )
     .context("while preparing the token keys")
+}
+
+/// The server's TLS identity and, for mutual TLS, the CA its clients' certificates must chain to.
+fn load_tls(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path, variable: &str| {
+        std::fs::read(path).with_context(|| format!("while reading {variable}={}", path.display()))
+    };
+    let cert = read(&files.cert, "AUTH_TLS_CERT_FILE")?;
+    let key = read(&files.key, "AUTH_TLS_KEY_FILE")?;
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &files.client_ca {
+        let ca = read(ca, "AUTH_TLS_CLIENT_CA_FILE")?;
+        tls = tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    Ok(tls)
 }
 
 /// The reuse grace, when `AUTH_REFRESH_REUSE_GRACE` is set, with its successor key.

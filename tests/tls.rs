@@ -1,0 +1,177 @@
+//! TLS and mutual TLS on the gRPC port, with a CA and certificates made by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use authd::{
+    config::Config,
+    proto::{ValidateRequest, auth_service_client::AuthServiceClient},
+    server::Application,
+};
+use common::{Backend, TestDatabase, settings};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+/// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client: (String, String),
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf("localhost");
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = ca.as_ref().pem();
+        for (file, pem) in [
+            ("ca.pem", &ca_pem),
+            ("server.pem", &server_cert),
+            ("server.key", &server_key),
+        ] {
+            std::fs::write(dir.path().join(file), pem).unwrap();
+        }
+        Self {
+            dir,
+            ca_pem,
+            client: leaf("client.example"),
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+}
+
+async fn start(db: &TestDatabase, extra: &[(&str, &str)]) -> std::net::SocketAddr {
+    let config = Config::from_vars(settings(db, extra)).unwrap();
+    let app = Application::build(config).await.expect("server starts");
+    let addr = app.local_addr().unwrap();
+    tokio::spawn(app.run_until(std::future::pending()));
+    addr
+}
+
+/// Connects over TLS, trusting the test CA, optionally presenting a client certificate, and
+/// makes one call: a handshake failure shows as an error here.
+async fn call(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    identity: Option<&(String, String)>,
+) -> Result<Code, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let answer = AuthServiceClient::new(channel)
+        .validate(ValidateRequest {
+            access_token: "x".into(),
+        })
+        .await;
+    Ok(answer.err().map_or(Code::Ok, |s| s.code()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_encrypted_and_refuses_plaintext() {
+    common::init_logs();
+    let pki = Pki::new();
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let paths = [
+        ("AUTH_TLS_CERT_FILE", pki.path("server.pem")),
+        ("AUTH_TLS_KEY_FILE", pki.path("server.key")),
+    ];
+    let addr = start(&db, &as_settings(&paths)).await;
+
+    // A TLS client reaches the service (an invalid token is an ordinary answer).
+    assert_eq!(call(addr, &pki, None).await.unwrap(), Code::Unauthenticated);
+    // A plaintext client does not.
+    let plain = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(channel) => AuthServiceClient::new(channel)
+            .validate(ValidateRequest {
+                access_token: "x".into(),
+            })
+            .await
+            .is_err_and(|s| s.code() != Code::Unauthenticated),
+    };
+    assert!(refused, "a plaintext call got through a TLS port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+    let pki = Pki::new();
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let paths = [
+        ("AUTH_TLS_CERT_FILE", pki.path("server.pem")),
+        ("AUTH_TLS_KEY_FILE", pki.path("server.key")),
+        ("AUTH_TLS_CLIENT_CA_FILE", pki.path("ca.pem")),
+    ];
+    let addr = start(&db, &as_settings(&paths)).await;
+
+    assert_eq!(
+        call(addr, &pki, Some(&pki.client)).await.unwrap(),
+        Code::Unauthenticated
+    );
+    let without = call(addr, &pki, None).await;
+    assert!(
+        !matches!(without, Ok(Code::Unauthenticated | Code::Ok)),
+        "a client without a certificate was served: {without:?}"
+    );
+    // A certificate from another CA is refused too.
+    let stranger = Pki::new();
+    let foreign = call(addr, &pki, Some(&stranger.client)).await;
+    assert!(
+        !matches!(foreign, Ok(Code::Unauthenticated | Code::Ok)),
+        "{foreign:?}"
+    );
+}
+
+#[tokio::test]
+async fn tls_settings_must_come_in_pairs_and_name_readable_files() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let only_cert =
+        Config::from_vars(settings(&db, &[("AUTH_TLS_CERT_FILE", "/x.pem")])).unwrap_err();
+    assert_eq!(only_cert.variable, "AUTH_TLS_KEY_FILE");
+    let missing = [
+        ("AUTH_TLS_CERT_FILE", "/nonexistent.pem"),
+        ("AUTH_TLS_KEY_FILE", "/nonexistent.key"),
+    ];
+    let config = Config::from_vars(settings(&db, &missing)).unwrap();
+    let Err(error) = Application::build(config).await else {
+        panic!("started without its certificate");
+    };
+    assert!(
+        format!("{error:#}").contains("AUTH_TLS_CERT_FILE"),
+        "{error:#}"
+    );
+}
+
+fn as_settings<'a>(paths: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    paths.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
