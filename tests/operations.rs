@@ -216,11 +216,18 @@ mod refuses_to_start {
 async fn logs_name_each_call_but_never_a_secret() {
     use common::{PASSWORD, add_user, login, logout, refresh};
     let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = AuthdProcess::spawn(&db, &[("RUST_LOG", "debug")]).await;
+    // One free failed login, so the second attempt below is throttled (and audited).
+    let settings = [("RUST_LOG", "debug"), ("AUTH_LOGIN_FREE_ATTEMPTS", "1")];
+    let server = AuthdProcess::spawn(&db, &settings).await;
     let client = server.client().await;
     add_user(&db, "alice@example.com", PASSWORD).await;
     let first = login(&client, "alice@example.com", PASSWORD).await.unwrap();
     let _ = login(&client, "alice@example.com", "a wrong password").await;
+    let throttled = login(&client, "alice@example.com", "a wrong password").await;
+    assert_eq!(
+        throttled.unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
     let second = refresh(&client, &first.refresh_token).await.unwrap();
     validate(&client, &second.access_token).await.unwrap();
     let _ = refresh(&client, &first.refresh_token).await; // reuse: logged as a warning
@@ -243,6 +250,7 @@ async fn logs_name_each_call_but_never_a_secret() {
     for event in [
         "login",
         "login_failed",
+        "login_throttled",
         "refresh",
         "refresh_token_reused",
         "logout",
