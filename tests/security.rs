@@ -163,17 +163,8 @@ async fn set_password_revokes_every_session(backend: Backend) {
     );
 
     for session in [&phone, &laptop] {
-        let status = refresh(&app.client, &session.refresh_token)
-            .await
-            .unwrap_err();
-        assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
-        let status = eventually(
-            Duration::from_secs(2),
-            "Validate to see the revocation",
-            || async { validate(&app.client, &session.access_token).await.err() },
-        )
-        .await;
-        assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+        let (refresh_token, access_token) = (&session.refresh_token, &session.access_token);
+        common::assert_session_revoked(&app.client, refresh_token, access_token).await;
     }
     let status = login(&app.client, "alice@example.com", PASSWORD)
         .await

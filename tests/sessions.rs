@@ -379,17 +379,8 @@ async fn disabling_a_user_revokes_their_sessions(backend: Backend) {
         String::from_utf8_lossy(&disabled.stderr)
     );
 
-    let status = refresh(&app.client, &session.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
-    let status = eventually(
-        Duration::from_secs(2),
-        "Validate to see the revocation",
-        || async { validate(&app.client, &session.access_token).await.err() },
-    )
-    .await;
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    common::assert_session_revoked(&app.client, &session.refresh_token, &session.access_token)
+        .await;
 }
 
 async fn the_database_never_holds_a_raw_refresh_token(backend: Backend) {

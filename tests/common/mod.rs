@@ -264,6 +264,20 @@ pub async fn validate(client: &Client, access_token: &str) -> Result<ValidateRes
         .map(|r| r.into_inner())
 }
 
+/// Asserts that a session's tokens no longer work: Refresh answers SESSION_REVOKED at once and
+/// Validate within two revocation polls (a revocation made elsewhere reaches it by polling).
+pub async fn assert_session_revoked(client: &Client, refresh_token: &str, access_token: &str) {
+    let status = refresh(client, refresh_token).await.unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    let status = eventually(
+        Duration::from_secs(2),
+        "Validate to see the revocation",
+        || async { validate(client, access_token).await.err() },
+    )
+    .await;
+    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
 /// The health status the server reports for `service` ("" for the whole server).
 pub async fn health(addr: SocketAddr, service: &str) -> Result<ServingStatus, Status> {
     let channel = Channel::from_shared(format!("http://{addr}"))
