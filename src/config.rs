@@ -165,6 +165,11 @@ impl Config {
                 problem: "must be at least 8 KiB per lane of AUTH_ARGON2_PARALLELISM".into(),
             });
         }
+        let account_backoff = Backoff {
+            free_attempts: vars.number("AUTH_LOGIN_FREE_ATTEMPTS", 5, 1..=1000)?,
+            base_delay: vars.duration("AUTH_LOGIN_BASE_DELAY", "1s")?,
+            max_delay: vars.duration("AUTH_LOGIN_MAX_DELAY", "15m")?,
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = Self {
             listen: vars.parsed("AUTH_LISTEN", "127.0.0.1:50051")?,
@@ -205,15 +210,11 @@ impl Config {
                 16 * 1024,
                 1024..=4 * 1024 * 1024,
             )?,
-            account_backoff: Backoff {
-                free_attempts: vars.number("AUTH_LOGIN_FREE_ATTEMPTS", 5, 1..=1000)?,
-                base_delay: vars.duration("AUTH_LOGIN_BASE_DELAY", "1s")?,
-                max_delay: vars.duration("AUTH_LOGIN_MAX_DELAY", "15m")?,
-            },
+            account_backoff,
+            // The same delays; only the number of free attempts differs.
             address_backoff: Backoff {
                 free_attempts: vars.number("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", 20, 1..=100_000)?,
-                base_delay: vars.duration("AUTH_LOGIN_BASE_DELAY", "1s")?,
-                max_delay: vars.duration("AUTH_LOGIN_MAX_DELAY", "15m")?,
+                ..account_backoff
             },
             trust_forwarded_for: vars.flag("AUTH_TRUST_FORWARDED_FOR", false)?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,

@@ -95,24 +95,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli.command.unwrap_or(Command::Serve);
-    // Key generation needs no settings: it must work before any are written.
-    if let Command::Keys(KeysCommand::Generate { out }) = &command {
-        return generate_key(out);
-    }
-    let config = Config::from_env().context("invalid configuration")?;
-    match command {
-        Command::Keys(_) => Ok(()),
+    // Read only by the commands that need settings: key generation must work before any exist.
+    let settings = || Config::from_env().context("invalid configuration");
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Keys(KeysCommand::Generate { out }) => generate_key(&out),
         Command::Serve => {
+            let config = settings()?;
             let app = Application::build(config).await?;
             app.run_until(shutdown_signal()).await
         }
         Command::Migrate => {
+            let config = settings()?;
             server::connect_and_migrate(&config).await?;
             println!("database is up to date");
             Ok(())
         }
         Command::Cleanup => {
+            let config = settings()?;
             let store = server::connect_and_migrate(&config).await?;
             let report = cleanup::run_once(&store, config.cleanup_batch_size)
                 .await
@@ -124,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(command) => {
+            let config = settings()?;
             let store = server::connect_and_migrate(&config).await?;
             let hasher = PasswordHasher::new(config.argon2, 1, 1)?;
             let admin = UserAdmin::new(store, hasher);
