@@ -53,8 +53,14 @@ pub async fn start_schedule(
     let job = Job::new_async(schedule, move |_, _| {
         let store = store.clone();
         Box::pin(async move {
-            if let Err(e) = run_once(&store, batch_size).await {
-                tracing::error!(error = %crate::error_chain(&e), "cleanup failed; next run on schedule");
+            match run_once(&store, batch_size).await {
+                Ok(report) => {
+                    crate::metrics::cleanup_run(true, report.refresh_tokens, report.sessions);
+                }
+                Err(e) => {
+                    crate::metrics::cleanup_run(false, 0, 0);
+                    tracing::error!(error = %crate::error_chain(&e), "cleanup failed; next run on schedule");
+                }
             }
         })
     })?;

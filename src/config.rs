@@ -101,6 +101,71 @@ pub struct Config {
     /// `AUTH_CLEANUP_BATCH_SIZE`: rows deleted per transaction, so no long lock blocks
     /// refreshes.
     pub cleanup_batch_size: u64,
+    /// `AUTH_CORS_ORIGINS`: comma-separated origins (`https://app.example.com`) whose pages
+    /// may call authd through gRPC-Web with credentials. Never a wildcard: the refresh cookie
+    /// must not be offered to every site. Empty: same-origin only.
+    pub cors_origins: Vec<String>,
+    /// The HttpOnly cookie that carries the refresh token to browsers.
+    pub refresh_cookie: CookieSettings,
+}
+
+/// How the refresh-token cookie is named and scoped. `HttpOnly`, `Secure` and `Path=/` are
+/// not settings: a refresh token must never be readable by JavaScript or sent in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSettings {
+    /// `AUTH_REFRESH_COOKIE_NAME`: `__Host-authd_refresh` by default; the `__Host-` prefix
+    /// makes browsers refuse it unless it is Secure, host-only and `Path=/`.
+    pub name: String,
+    /// `AUTH_REFRESH_COOKIE_SAMESITE`: `Strict` (the default), `Lax` or `None`.
+    pub same_site: SameSite,
+}
+
+/// The cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// Sent only with requests from the same site.
+    Strict,
+    /// Also sent on top-level navigations from other sites.
+    Lax,
+    /// Sent with cross-site requests too (needs `AUTH_CORS_ORIGINS` for the calling pages).
+    None,
+}
+
+impl SameSite {
+    /// The attribute's spelling in `Set-Cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::Lax => "Lax",
+            Self::None => "None",
+        }
+    }
+}
+
+/// `AUTH_LOG_FORMAT`: how log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal (the default).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// Reads `AUTH_LOG_FORMAT` (after `.env`). Separate from [`Config`] because logging starts
+    /// before the other settings are read, so that their errors are logged in the chosen form.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::parse(std::env::var("AUTH_LOG_FORMAT").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Result<Self, ConfigError> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("" | "text") => Ok(Self::Text),
+            Some("json") => Ok(Self::Json),
+            Some(_) => Err(error("AUTH_LOG_FORMAT", "must be text or json")),
+        }
+    }
 }
 
 /// TLS for the gRPC port.
@@ -222,6 +287,31 @@ impl Config {
             revocation_poll: vars.duration("AUTH_REVOCATION_POLL", "1s")?,
             cleanup_schedule: cron_schedule(vars.raw("AUTH_CLEANUP_SCHEDULE", "0 0 0 * * *"))?,
             cleanup_batch_size: vars.number("AUTH_CLEANUP_BATCH_SIZE", 1000, 1..=100_000)?,
+            cors_origins: vars
+                .raw("AUTH_CORS_ORIGINS", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|origin| !origin.is_empty())
+                .map(cors_origin)
+                .collect::<Result<_, _>>()?,
+            refresh_cookie: CookieSettings {
+                name: cookie_name(vars.raw("AUTH_REFRESH_COOKIE_NAME", "__Host-authd_refresh"))?,
+                same_site: match vars
+                    .raw("AUTH_REFRESH_COOKIE_SAMESITE", "Strict")
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
+                    "strict" => SameSite::Strict,
+                    "lax" => SameSite::Lax,
+                    "none" => SameSite::None,
+                    _ => {
+                        return Err(error(
+                            "AUTH_REFRESH_COOKIE_SAMESITE",
+                            "must be Strict, Lax or None",
+                        ));
+                    }
+                },
+            },
         };
         if !config.database_url.starts_with("sqlite:")
             && !config.database_url.starts_with("postgres://")
@@ -376,6 +466,49 @@ fn cron_schedule(expression: &str) -> Result<String, ConfigError> {
     Ok(expression)
 }
 
+/// An exact origin, `scheme://host[:port]`, as browsers send it in `Origin`.
+fn cors_origin(origin: &str) -> Result<String, ConfigError> {
+    const VARIABLE: &str = "AUTH_CORS_ORIGINS";
+    if origin.contains('*') {
+        return Err(error(
+            VARIABLE,
+            "a wildcard would offer the refresh cookie to any site; list each origin",
+        ));
+    }
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| {
+            error(
+                VARIABLE,
+                format!("{origin:?} must start with https:// or http://"),
+            )
+        })?;
+    let well_formed = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !well_formed {
+        return Err(error(
+            VARIABLE,
+            format!("{origin:?} must be scheme://host[:port], with no path"),
+        ));
+    }
+    Ok(origin.to_owned())
+}
+
+/// A cookie name: an RFC 6265 token.
+fn cookie_name(name: &str) -> Result<String, ConfigError> {
+    let is_token_char = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
+    if name.is_empty() || !name.bytes().all(is_token_char) {
+        return Err(error(
+            "AUTH_REFRESH_COOKIE_NAME",
+            "must be a cookie name: letters, digits and !#$%&'*+-.^_`|~",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 fn error(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
@@ -465,5 +598,58 @@ mod tests {
     fn a_bad_listen_address_is_refused() {
         let e = config(&[("AUTH_LISTEN", "localhost")]).unwrap_err();
         assert_eq!(e.variable, "AUTH_LISTEN");
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_never_wildcards() {
+        let c = config(&[(
+            "AUTH_CORS_ORIGINS",
+            "https://app.example.com, http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "app.example.com",
+            "https://a.com/path",
+        ] {
+            let e = config(&[("AUTH_CORS_ORIGINS", bad)]).unwrap_err();
+            assert_eq!(e.variable, "AUTH_CORS_ORIGINS", "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_refresh_cookie_is_configurable_within_the_rules() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.refresh_cookie.name, "__Host-authd_refresh");
+        assert_eq!(c.refresh_cookie.same_site, SameSite::Strict);
+        let c = config(&[
+            ("AUTH_REFRESH_COOKIE_NAME", "rt"),
+            ("AUTH_REFRESH_COOKIE_SAMESITE", "lax"),
+        ])
+        .unwrap();
+        assert_eq!(c.refresh_cookie.name, "rt");
+        assert_eq!(c.refresh_cookie.same_site, SameSite::Lax);
+        for (variable, bad) in [
+            ("AUTH_REFRESH_COOKIE_NAME", "a=b"),
+            ("AUTH_REFRESH_COOKIE_NAME", "a b"),
+            ("AUTH_REFRESH_COOKIE_SAMESITE", "sometimes"),
+        ] {
+            assert_eq!(config(&[(variable, bad)]).unwrap_err().variable, variable);
+        }
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json() {
+        assert_eq!(LogFormat::parse(None).unwrap(), LogFormat::Text);
+        assert_eq!(LogFormat::parse(Some("JSON")).unwrap(), LogFormat::Json);
+        assert_eq!(
+            LogFormat::parse(Some("xml")).unwrap_err().variable,
+            "AUTH_LOG_FORMAT"
+        );
     }
 }

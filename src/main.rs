@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use authd::{
     auth::{Email, KeyError, Password, PasswordHasher, UserAdmin, generate_key_file},
     cleanup,
-    config::Config,
+    config::{Config, LogFormat},
     server::{self, Application},
 };
 use clap::{Parser, Subcommand};
@@ -76,13 +76,14 @@ enum UserCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let log_format = match LogFormat::from_env() {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("authd: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(log_format);
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +92,23 @@ async fn main() -> ExitCode {
             eprintln!("authd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to standard error, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Span fields are flattened into each line; collectors want one flat object.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }
 

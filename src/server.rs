@@ -15,7 +15,10 @@ use crate::{
     },
     cleanup,
     config::{Config, TlsFiles},
-    grpc::{self, AuthGrpc},
+    grpc::{
+        self, AuthGrpc,
+        browser::{self, RefreshCookie},
+    },
     proto::{self, auth_service_server::AuthServiceServer},
     store::{self, Store},
 };
@@ -31,6 +34,7 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     /// The public keys, published over HTTP.
     jwks: jsonwebtoken::jwk::JwkSet,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
     store: Store,
     auth: Arc<Authenticator>,
     revoked: Arc<RevokedSessions>,
@@ -42,6 +46,7 @@ impl Application {
     /// Connects and migrates the database, loads (or generates) the signing key and binds the
     /// listener. Every failure here names what it was doing.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = crate::metrics::install().context("while installing the metrics recorder")?;
         let store = connect_and_migrate(&config).await?;
         let keys = load_token_keys(&config)?;
         let jwks = keys.jwks().clone();
@@ -80,6 +85,7 @@ impl Application {
             http_listener,
             tls,
             jwks,
+            metrics,
             store,
             auth,
             revoked,
@@ -137,8 +143,10 @@ impl Application {
         let address = self.local_addr()?;
         let http_address = self.http_addr()?;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let upkeep = tokio::spawn(crate::metrics::upkeep_forever(self.metrics.clone()));
+        let http_routes = crate::http::router(self.jwks, self.metrics, self.store.clone());
         let http = tokio::spawn(
-            axum::serve(self.http_listener, crate::http::router(self.jwks))
+            axum::serve(self.http_listener, http_routes)
                 .with_graceful_shutdown(async move {
                     let _ = http_stopped.await;
                 })
@@ -157,16 +165,28 @@ impl Application {
             let _ = stop_http.send(());
         };
 
-        let auth_service =
-            AuthServiceServer::new(AuthGrpc::new(self.auth, self.config.trust_forwarded_for))
-                .max_decoding_message_size(self.config.max_request_bytes);
-        let mut builder = Server::builder();
+        let auth_service = AuthServiceServer::new(AuthGrpc::new(
+            self.auth,
+            self.config.trust_forwarded_for,
+            RefreshCookie::new(&self.config.refresh_cookie),
+        ))
+        .max_decoding_message_size(self.config.max_request_bytes);
+        let cors = browser::cors(&self.config.cors_origins).context("AUTH_CORS_ORIGINS")?;
+        // Browsers speak HTTP/1.1 to a plain-text port (and HTTP/2 over TLS via ALPN).
+        let mut builder = Server::builder().accept_http1(true);
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)
                 .context("while configuring TLS (AUTH_TLS_*)")?;
         }
+        // Outermost first: CORS answers preflights, browser calls are marked before tonic-web
+        // rewrites their content type, and the size-limit answer is fixed before translation.
         let serve = builder
+            .layer(cors)
+            .layer(tower::util::MapRequestLayer::new(
+                browser::mark_browser_calls,
+            ))
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(tower::util::MapResponseLayer::new(
                 grpc::oversized_is_resource_exhausted,
             ))
@@ -190,6 +210,7 @@ impl Application {
         }
         poller.abort();
         http.abort();
+        upkeep.abort();
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "cleanup scheduler did not stop cleanly");
         }

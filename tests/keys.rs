@@ -4,29 +4,17 @@
 
 mod common;
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 
 use common::{
-    Backend, PASSWORD, TestApp, TestDatabase, assert_status, process::run_authd, validate,
+    Backend, PASSWORD, TestApp, TestDatabase, assert_status, http_get, process::run_authd, validate,
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 
 on_both_backends!(
     the_published_jwks_verifies_tokens_with_an_independent_library,
     a_rotated_out_key_verifies_while_listed_and_fails_once_removed,
 );
-
-/// `GET path` over plain HTTP/1.1: the response head and body.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
-}
 
 async fn the_published_jwks_verifies_tokens_with_an_independent_library(backend: Backend) {
     use jwt_compact::{

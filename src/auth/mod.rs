@@ -171,6 +171,7 @@ impl Authenticator {
         let blocked = account_block.into_iter().chain(address_block).max();
         if let Some(until) = blocked.filter(|until| *until > started) {
             audit!(event = "login_throttled", email = email.as_str(), client = ?client);
+            crate::metrics::login_throttled();
             let retry_after = (until - started).to_std().unwrap_or_default();
             return Err(AuthError::Throttled { retry_after });
         }
@@ -198,6 +199,7 @@ impl Authenticator {
                     self.addresses.record_failure(ip, now);
                 }
                 audit!(event = "login_failed", email = email.as_str(), failures, client = ?client);
+                crate::metrics::login_failed();
                 return Err(AuthError::InvalidCredentials);
             }
         };
@@ -313,6 +315,7 @@ impl Authenticator {
                 return Ok(again);
             }
             let newly = self.revoke(session.id, RevokedReason::Reuse).await?;
+            crate::metrics::refresh_token_reused();
             tracing::warn!(
                 target: "audit",
                 event = "refresh_token_reused",

@@ -49,6 +49,7 @@ impl RevokedSessions {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let entry = entries.entry(session_id).or_insert(drop_after);
         *entry = (*entry).max(drop_after);
+        crate::metrics::revocation_set_size(entries.len());
     }
 
     /// Whether `session_id` is revoked.
@@ -61,10 +62,9 @@ impl RevokedSessions {
 
     /// Drops entries whose sessions can no longer have a live access token.
     fn prune(&self, now: DateTime<Utc>) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, drop_after| *drop_after > now);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, drop_after| *drop_after > now);
+        crate::metrics::revocation_set_size(entries.len());
     }
 
     /// Loads every revocation that may still cover a live access token: call before serving,

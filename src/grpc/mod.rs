@@ -1,12 +1,14 @@
 //! Transport only: proto messages in, domain calls, proto messages or a `Status` out.
 
+pub mod browser;
 pub mod codec;
 mod status;
 
 use std::{future::Future, net::IpAddr, sync::Arc, time::Instant};
 
-use tonic::{Request, Response, Status, codegen::http};
+use tonic::{Code, Request, Response, Status, codegen::http};
 
+use self::browser::{RefreshCookie, is_browser_call};
 use crate::{
     auth::{AuthError, Authenticator, Email, IssuedTokens, Password, RefreshToken},
     proto::{
@@ -20,15 +22,54 @@ use crate::{
 pub struct AuthGrpc {
     auth: Arc<Authenticator>,
     trust_forwarded_for: bool,
+    cookie: RefreshCookie,
 }
 
 impl AuthGrpc {
     /// Serves `auth` over gRPC; with `trust_forwarded_for`, the client address is the first
-    /// `x-forwarded-for` entry rather than the peer.
-    pub fn new(auth: Arc<Authenticator>, trust_forwarded_for: bool) -> Self {
+    /// `x-forwarded-for` entry rather than the peer. Browsers (gRPC-Web) get their refresh
+    /// token in `cookie` instead of the response body.
+    pub fn new(auth: Arc<Authenticator>, trust_forwarded_for: bool, cookie: RefreshCookie) -> Self {
         Self {
             auth,
             trust_forwarded_for,
+            cookie,
+        }
+    }
+
+    /// The refresh token of a Refresh or Logout: the body's field, or for a browser with an
+    /// empty field, its cookie.
+    fn presented_refresh_token<T>(&self, request: &Request<T>, in_body: String) -> String {
+        if in_body.is_empty() && is_browser_call(request) {
+            self.cookie.read(request).unwrap_or_default()
+        } else {
+            in_body
+        }
+    }
+
+    /// Login's and Refresh's answer: natively the tokens in the body; for a browser the
+    /// refresh token only in an HttpOnly cookie, never where a script could read it.
+    fn tokens_response<M: FromIssuedTokens>(
+        &self,
+        tokens: IssuedTokens,
+        browser: bool,
+    ) -> Result<Response<M>, AuthError> {
+        if !browser {
+            return Ok(Response::new(M::from_issued(tokens, true)));
+        }
+        let cookie = self
+            .cookie
+            .set(tokens.refresh_token.expose(), tokens.refresh_token_ttl)
+            .map_err(|e| AuthError::Internal(Box::new(e)))?;
+        let mut response = Response::new(M::from_issued(tokens, false));
+        response.metadata_mut().insert("set-cookie", cookie);
+        Ok(response)
+    }
+
+    /// Adds a `Set-Cookie` that deletes the browser's refresh cookie.
+    fn clear_cookie(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        if let Ok(clear) = self.cookie.clear() {
+            metadata.insert("set-cookie", clear);
         }
     }
 
@@ -53,38 +94,52 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<LoginResponse>, Status> {
         observe("Login", async {
             let client = self.client_address(&request);
+            let browser = is_browser_call(&request);
             let LoginRequest { email, password } = request.into_inner();
             let email = Email::parse(&email)?;
             let password = Password::parse(password)?;
-            Ok(self.auth.login(email, password, client).await?.into())
+            let tokens = self.auth.login(email, password, client).await?;
+            self.tokens_response(tokens, browser)
         })
         .await
     }
 
     async fn refresh(
         &self,
-        request: Request<RefreshRequest>,
+        mut request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        observe("Refresh", async {
-            let token = RefreshToken::parse(request.into_inner().refresh_token)?;
-            Ok(self.auth.refresh(token).await?.into())
+        let browser = is_browser_call(&request);
+        let refused = observe("Refresh", async {
+            let in_body = std::mem::take(&mut request.get_mut().refresh_token);
+            let token = RefreshToken::parse(self.presented_refresh_token(&request, in_body))?;
+            let tokens = self.auth.refresh(token).await?;
+            self.tokens_response(tokens, browser)
         })
-        .await
+        .await;
+        // A browser's cookie that no longer refreshes is deleted, so it is not sent again.
+        refused.map_err(|mut status| {
+            if browser && status.code() == Code::Unauthenticated {
+                self.clear_cookie(status.metadata_mut());
+            }
+            status
+        })
     }
 
     async fn logout(
         &self,
-        request: Request<LogoutRequest>,
+        mut request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
         observe("Logout", async {
-            let LogoutRequest {
-                refresh_token,
-                all_sessions,
-            } = request.into_inner();
-            self.auth
-                .logout(RefreshToken::parse(refresh_token), all_sessions)
-                .await?;
-            Ok(LogoutResponse {})
+            let browser = is_browser_call(&request);
+            let all_sessions = request.get_ref().all_sessions;
+            let in_body = std::mem::take(&mut request.get_mut().refresh_token);
+            let token = RefreshToken::parse(self.presented_refresh_token(&request, in_body));
+            self.auth.logout(token, all_sessions).await?;
+            let mut response = Response::new(LogoutResponse {});
+            if browser {
+                self.clear_cookie(response.metadata_mut());
+            }
+            Ok(response)
         })
         .await
     }
@@ -95,28 +150,38 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<ValidateResponse>, Status> {
         observe("Validate", async {
             let claims = self.auth.validate(&request.get_ref().access_token)?;
-            Ok(ValidateResponse {
+            Ok(Response::new(ValidateResponse {
                 user_id: claims.sub.to_string(),
                 email: claims.email,
                 session_id: claims.sid.to_string(),
                 issued_at: Some(timestamp(claims.iat)),
                 expires_at: Some(timestamp(claims.exp)),
-            })
+            }))
         })
         .await
     }
 }
 
+/// Login's and Refresh's response messages, built from issued tokens.
+trait FromIssuedTokens {
+    /// The message; its `refresh_token` is empty unless `refresh_token_in_body`.
+    fn from_issued(tokens: IssuedTokens, refresh_token_in_body: bool) -> Self;
+}
+
 /// Login and Refresh answer the same fields in two message types.
 macro_rules! impl_from_issued_tokens {
     ($($response:ty),+) => {$(
-        impl From<IssuedTokens> for $response {
-            fn from(tokens: IssuedTokens) -> Self {
+        impl FromIssuedTokens for $response {
+            fn from_issued(tokens: IssuedTokens, refresh_token_in_body: bool) -> Self {
                 Self {
                     access_token: tokens.access_token,
                     token_type: "Bearer".to_owned(),
                     expires_in: seconds(tokens.access_token_ttl),
-                    refresh_token: tokens.refresh_token.expose().to_owned(),
+                    refresh_token: if refresh_token_in_body {
+                        tokens.refresh_token.expose().to_owned()
+                    } else {
+                        String::new()
+                    },
                     refresh_expires_in: seconds(tokens.refresh_token_ttl),
                     session_id: tokens.session_id.to_string(),
                 }
@@ -154,21 +219,21 @@ fn timestamp(unix_seconds: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Runs one call, maps its error, and logs one line with method, status and latency.
+/// Runs one call, maps its error, logs one line with method, status and latency, and counts
+/// it in the metrics.
 async fn observe<T>(
     method: &'static str,
-    call: impl Future<Output = Result<T, AuthError>>,
+    call: impl Future<Output = Result<Response<T>, AuthError>>,
 ) -> Result<Response<T>, Status> {
     let started = Instant::now();
-    let result = call.await.map(Response::new).map_err(Status::from);
-    let code = result
-        .as_ref()
-        .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+    let result = call.await.map_err(Status::from);
+    let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
     tracing::info!(
         method,
         code = ?code,
         latency_ms = started.elapsed().as_secs_f64() * 1e3,
         "rpc"
     );
+    crate::metrics::rpc(method, code, started);
     result
 }

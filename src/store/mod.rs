@@ -196,6 +196,28 @@ pub struct TokenRecord {
     pub session: session::Model,
 }
 
+/// A snapshot of the connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections lent out to queries.
+    pub in_use: u32,
+    /// Open connections waiting for a query.
+    pub idle: u32,
+    /// `AUTH_DB_MAX_CONNECTIONS`.
+    pub max: u32,
+}
+
+impl PoolUsage {
+    fn of<Db: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<Db>) -> Self {
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
+        Self {
+            in_use: pool.size().saturating_sub(idle),
+            idle,
+            max: pool.options().get_max_connections(),
+        }
+    }
+}
+
 /// The database connection pool and the queries authd runs.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -249,6 +271,20 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await?;
         Ok(())
+    }
+
+    /// The pool's connections in use, idle, and its maximum, for the metrics.
+    pub fn pool_usage(&self) -> Option<PoolUsage> {
+        use sea_orm::DatabaseConnectionType as Pool;
+        match &self.db.inner {
+            Pool::SqlxSqlitePoolConnection(_) => {
+                Some(PoolUsage::of(self.db.get_sqlite_connection_pool()))
+            }
+            Pool::SqlxPostgresPoolConnection(_) => {
+                Some(PoolUsage::of(self.db.get_postgres_connection_pool()))
+            }
+            _ => None,
+        }
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
@@ -688,21 +724,25 @@ async fn delete_expired<E: EntityTrait>(
         .rows_affected)
 }
 
-/// Revokes the live sessions matching `condition`; returns how many.
+/// Revokes the live sessions matching `condition`; returns how many. Every revocation goes
+/// through here, so the metric counts them all (inside a transaction that later fails to
+/// commit, it counts a revocation that did not happen: rare, and on the side of caution).
 async fn revoke_sessions_where(
     db: &impl ConnectionTrait,
     condition: impl sea_orm::sea_query::IntoCondition,
     reason: RevokedReason,
     now: DateTime<Utc>,
 ) -> Result<u64, DbErr> {
-    Ok(session::Entity::update_many()
+    let revoked = session::Entity::update_many()
         .col_expr(session::Column::RevokedAt, now.into())
         .col_expr(session::Column::RevokedReason, reason.as_str().into())
         .filter(condition)
         .filter(session::Column::RevokedAt.is_null())
         .exec(db)
         .await?
-        .rows_affected)
+        .rows_affected;
+    crate::metrics::sessions_revoked(reason.as_str(), revoked);
+    Ok(revoked)
 }
 
 fn missing(what: &str) -> StoreError {

@@ -356,3 +356,50 @@ where
 pub fn authd_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_authd"))
 }
+
+/// `GET path` over plain HTTP/1.1: the response head and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (head, body) = http_exchange(addr, request.as_bytes()).await;
+    (head, String::from_utf8(body).expect("a text body"))
+}
+
+/// Sends one raw HTTP/1.1 request (it must say `Connection: close`) and returns the response
+/// head and its body, de-chunked.
+pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8(response[..split].to_vec()).expect("an ASCII head");
+    let body = &response[split + 4..];
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    (head, body)
+}
+
+fn dechunk(mut chunks: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = chunks.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = std::str::from_utf8(&chunks[..line_end]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        let data = line_end + 2;
+        body.extend_from_slice(&chunks[data..data + size]);
+        chunks = &chunks[data + size + 2..];
+    }
+}

@@ -84,8 +84,7 @@ impl AuthdProcess {
             let log = Arc::clone(&log);
             async move {
                 let log = log.lock().unwrap();
-                let (_, rest) = log.split_once("listening address=")?;
-                rest.split_whitespace().next()?.parse().ok()
+                listening_address(&log)
             }
         })
         .await;
@@ -106,4 +105,13 @@ impl AuthdProcess {
             .expect("kill runs");
         assert!(status.success(), "kill -TERM {pid} failed");
     }
+}
+
+/// The gRPC address in the "listening" log line, written as text or as JSON.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    if let Some((_, rest)) = log.split_once("listening address=") {
+        return rest.split_whitespace().next()?.parse().ok();
+    }
+    let (_, rest) = log.split_once(r#""address":""#)?;
+    rest.split('"').next()?.parse().ok()
 }

@@ -1,0 +1,169 @@
+//! Prometheus metrics: every name authd exports is defined here, recorded through the
+//! `metrics` facade and rendered at `GET /metrics` by metrics-exporter-prometheus.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+const RPC_REQUESTS: &str = "authd_rpc_requests_total";
+const RPC_DURATION: &str = "authd_rpc_duration_seconds";
+const LOGIN_FAILURES: &str = "authd_login_failures_total";
+const LOGIN_THROTTLED: &str = "authd_login_throttled_total";
+const REFRESH_REUSE: &str = "authd_refresh_token_reuse_total";
+const SESSIONS_REVOKED: &str = "authd_sessions_revoked_total";
+const CLEANUP_RUNS: &str = "authd_cleanup_runs_total";
+const CLEANUP_DELETED: &str = "authd_cleanup_deleted_rows_total";
+const REVOCATION_SET: &str = "authd_revocation_set_size";
+const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
+const DB_POOL_MAX: &str = "authd_db_pool_max_connections";
+const BUILD_INFO: &str = "authd_build_info";
+
+/// Latency buckets from 100 µs (Validate) to 10 s (a Login queued behind argon2).
+const RPC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How often histograms are compacted; without it their buffers grow with the traffic.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle) and
+/// describes every metric so a scrape carries its HELP text.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(RPC_DURATION.to_owned()), RPC_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    describe_counter!(
+        RPC_REQUESTS,
+        "AuthService calls, by method and gRPC status code."
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        metrics::Unit::Seconds,
+        "AuthService call latency, by method and gRPC status code."
+    );
+    describe_counter!(
+        LOGIN_FAILURES,
+        "Logins refused for a wrong password, an unknown email or a disabled user."
+    );
+    describe_counter!(
+        LOGIN_THROTTLED,
+        "Logins refused before hashing because the account or address is backing off."
+    );
+    describe_counter!(
+        REFRESH_REUSE,
+        "Used refresh tokens presented again; each revokes its session."
+    );
+    describe_counter!(SESSIONS_REVOKED, "Sessions revoked, by reason.");
+    describe_counter!(CLEANUP_RUNS, "Clean-up runs, by outcome.");
+    describe_counter!(
+        CLEANUP_DELETED,
+        "Expired rows deleted by clean-up, by table."
+    );
+    describe_gauge!(
+        REVOCATION_SET,
+        "Revoked sessions held in memory so Validate refuses their access tokens."
+    );
+    describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Database pool connections, by state (idle or in_use)."
+    );
+    describe_gauge!(DB_POOL_MAX, "The database pool's maximum size.");
+    describe_gauge!(BUILD_INFO, "Always 1; the labels name the running build.");
+}
+
+/// Runs histogram upkeep until dropped.
+pub async fn upkeep_forever(handle: PrometheusHandle) {
+    let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// One AuthService call.
+pub fn rpc(method: &'static str, code: tonic::Code, started: Instant) {
+    let code = code_label(code);
+    counter!(RPC_REQUESTS, "method" => method, "code" => code).increment(1);
+    histogram!(RPC_DURATION, "method" => method, "code" => code)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// A login refused for its credentials.
+pub fn login_failed() {
+    counter!(LOGIN_FAILURES).increment(1);
+}
+
+/// A login refused by throttling.
+pub fn login_throttled() {
+    counter!(LOGIN_THROTTLED).increment(1);
+}
+
+/// A used refresh token presented again.
+pub fn refresh_token_reused() {
+    counter!(REFRESH_REUSE).increment(1);
+}
+
+/// `count` sessions revoked for `reason` (the stored spelling).
+pub fn sessions_revoked(reason: &'static str, count: u64) {
+    counter!(SESSIONS_REVOKED, "reason" => reason).increment(count);
+}
+
+/// One clean-up run and what it deleted.
+pub fn cleanup_run(succeeded: bool, refresh_tokens: u64, sessions: u64) {
+    let outcome = if succeeded { "success" } else { "failure" };
+    counter!(CLEANUP_RUNS, "outcome" => outcome).increment(1);
+    counter!(CLEANUP_DELETED, "table" => "refresh_tokens").increment(refresh_tokens);
+    counter!(CLEANUP_DELETED, "table" => "sessions").increment(sessions);
+}
+
+/// The revocation set's current size.
+pub fn revocation_set_size(entries: usize) {
+    gauge!(REVOCATION_SET).set(entries as f64);
+}
+
+/// The pool's connections right now.
+pub fn db_pool(in_use: u32, idle: u32, max: u32) {
+    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use);
+    gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    gauge!(DB_POOL_MAX).set(max);
+}
+
+/// gRPC's canonical upper-case names, as grpc-go and Envoy label them.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,217 @@
+//! What operators see: Prometheus metrics at `/metrics` after real traffic, and JSON logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{
+    Backend, PASSWORD, TestApp, TestDatabase, eventually, http_get, login, logout,
+    process::AuthdProcess, refresh, validate,
+};
+use tonic::Code;
+
+on_both_backends!(every_metric_appears_in_a_scrape_after_traffic);
+
+/// One sample of the text exposition format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses a scrape: every line is a comment or a well-formed sample, or the test fails.
+fn parse_scrape(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    (key.to_owned(), value.trim_end_matches('"').to_owned())
+                })
+                .collect();
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The value of the sample named `name` whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("AUTH_CLEANUP_SCHEDULE", "* * * * * *"),
+            ("AUTH_LOGIN_FREE_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let session = app.user_with_session("metrics@example.com").await;
+    validate(&app.client, &session.access_token).await.unwrap();
+    let rotated = refresh(&app.client, &session.refresh_token).await.unwrap();
+    // The old token again: reuse, and the session is revoked.
+    refresh(&app.client, &session.refresh_token)
+        .await
+        .unwrap_err();
+    let other = app.login("metrics@example.com", PASSWORD).await.unwrap();
+    logout(&app.client, &other.refresh_token, false)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "a throttled login", || async {
+        let refused = login(&app.client, "metrics@example.com", "wrong password")
+            .await
+            .unwrap_err();
+        (refused.code() == Code::ResourceExhausted).then_some(())
+    })
+    .await;
+
+    let samples = eventually(Duration::from_secs(10), "a clean-up run", || async {
+        let (head, body) = http_get(app.http_addr, "/metrics").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        let samples = parse_scrape(&body);
+        value(
+            &samples,
+            "authd_cleanup_runs_total",
+            &[("outcome", "success")],
+        )
+        .is_some()
+        .then_some((samples, body))
+    })
+    .await;
+    let (samples, text) = samples;
+    let at_least_one = |name: &str, labels: &[(&str, &str)]| {
+        let found = value(&samples, name, labels);
+        assert!(
+            found.is_some_and(|v| v >= 1.0),
+            "{name}{labels:?} = {found:?} in\n{text}"
+        );
+    };
+    for (method, code) in [
+        ("Login", "OK"),
+        ("Login", "UNAUTHENTICATED"),
+        ("Login", "RESOURCE_EXHAUSTED"),
+        ("Refresh", "OK"),
+        ("Refresh", "UNAUTHENTICATED"),
+        ("Logout", "OK"),
+        ("Validate", "OK"),
+    ] {
+        let labels = [("method", method), ("code", code)];
+        at_least_one("authd_rpc_requests_total", &labels);
+        at_least_one("authd_rpc_duration_seconds_count", &labels);
+        at_least_one(
+            "authd_rpc_duration_seconds_bucket",
+            &[("method", method), ("code", code), ("le", "+Inf")],
+        );
+    }
+    at_least_one("authd_login_failures_total", &[]);
+    at_least_one("authd_login_throttled_total", &[]);
+    at_least_one("authd_refresh_token_reuse_total", &[]);
+    at_least_one("authd_sessions_revoked_total", &[("reason", "reuse")]);
+    at_least_one("authd_sessions_revoked_total", &[("reason", "logout")]);
+    at_least_one("authd_revocation_set_size", &[]);
+    at_least_one(
+        "authd_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+    );
+    for table in ["refresh_tokens", "sessions"] {
+        let deleted = value(
+            &samples,
+            "authd_cleanup_deleted_rows_total",
+            &[("table", table)],
+        );
+        assert!(
+            deleted.is_some(),
+            "no clean-up count for {table} in\n{text}"
+        );
+    }
+    let max = value(&samples, "authd_db_pool_max_connections", &[]);
+    assert_eq!(max, Some(f64::from(app.config.db_max_connections)));
+    for state in ["idle", "in_use"] {
+        let connections = value(&samples, "authd_db_pool_connections", &[("state", state)]);
+        assert!(connections.is_some(), "no pool {state} gauge in\n{text}");
+    }
+    // Every exported metric is described for whoever reads the scrape.
+    for sample in &samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| sample.name.strip_suffix(suffix))
+            .filter(|family| text.contains(&format!("# TYPE {family} histogram")))
+            .unwrap_or(&sample.name);
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} has no HELP line"
+        );
+    }
+    drop(rotated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let mut server = AuthdProcess::spawn(&db, &[("AUTH_LOG_FORMAT", "json")]).await;
+    let client = server.client().await;
+    validate(&client, "not-a-token").await.unwrap_err();
+    let log = eventually(Duration::from_secs(10), "the call's log line", || async {
+        let log = server.log.lock().unwrap().clone();
+        log.contains(r#""method":"Validate""#).then_some(log)
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let rpc = lines
+        .iter()
+        .find(|line| line["method"] == "Validate")
+        .unwrap();
+    assert_eq!(rpc["message"], "rpc");
+    assert_eq!(rpc["level"], "INFO");
+    assert_eq!(rpc["code"], "Unauthenticated");
+    assert!(rpc["timestamp"].is_string() && rpc["latency_ms"].is_number());
+    assert!(lines.iter().any(|line| line["message"] == "listening"));
+    server.child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_log_format_stops_start_up_with_a_clear_error() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let output = common::process::authd_command(&db, &[("AUTH_LOG_FORMAT", "xml")])
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AUTH_LOG_FORMAT: must be text or json"),
+        "{stderr}"
+    );
+}
