@@ -26,6 +26,10 @@ use crate::{
 /// The gRPC service name that health checks name besides "".
 pub const SERVICE_NAME: &str = "auth.v1.AuthService";
 
+/// A health service name that is SERVING for as long as the process serves, whatever the
+/// database does: for liveness probes, so an outage makes replicas unready, not restarted.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// A migrated, keyed and bound server, ready to run.
 pub struct Application {
     config: Config,
@@ -108,6 +112,9 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
+        health
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

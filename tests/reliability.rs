@@ -15,8 +15,9 @@ use std::{
 
 use authd::store::entity::{refresh_token, session};
 use common::{
-    Backend, Client, PASSWORD, TestApp, TestDatabase, add_user, assert_status, eventually, login,
-    logout, postgres::ThrowawayPostgres, process::AuthdProcess, refresh, validate, wait_for_health,
+    Backend, Client, PASSWORD, TestApp, TestDatabase, add_user, assert_status, eventually, health,
+    login, logout, postgres::ThrowawayPostgres, process::AuthdProcess, refresh, validate,
+    wait_for_health,
 };
 use sea_orm::{Database, EntityTrait as _};
 use tokio_stream::StreamExt as _;
@@ -54,6 +55,9 @@ async fn a_database_outage_is_unavailable_then_recovers_without_a_restart() {
 
     server.stop();
     wait_for_health(app.addr, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    // Unready, but alive: a liveness probe must not restart replicas over a database outage.
+    let liveness = health(app.addr, authd::server::LIVENESS_SERVICE).await;
+    assert_eq!(liveness.unwrap(), ServingStatus::Serving);
 
     let status = answered(app.login("alice@example.com", PASSWORD))
         .await

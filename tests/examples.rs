@@ -1,0 +1,97 @@
+//! The client examples in `examples/` run against a live authd, so they cannot rot.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{path::PathBuf, process::Output, time::Duration};
+
+use common::{Backend, PASSWORD, TestApp};
+use tokio::process::Command;
+
+on_both_backends!(
+    the_rust_client_example_runs_against_a_live_server,
+    the_python_example_verifies_tokens_against_the_jwks,
+);
+
+const EMAIL: &str = "example@example.com";
+
+/// Runs an example to completion and asserts it succeeded.
+async fn run(command: &mut Command) -> String {
+    let output: Output = tokio::time::timeout(
+        Duration::from_secs(120),
+        command.kill_on_drop(true).output(),
+    )
+    .await
+    .expect("the example finishes within two minutes")
+    .expect("the example starts");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(
+        output.status.success(),
+        "example failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+/// `cargo test` builds the examples beside the test binaries (`target/<profile>/examples`).
+fn example_binary(name: &str) -> PathBuf {
+    let path = common::authd_binary().with_file_name("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} was not built: run the whole suite (`cargo nextest run --workspace`), which builds \
+         the examples",
+        path.display()
+    );
+    path
+}
+
+async fn the_rust_client_example_runs_against_a_live_server(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.add_user(EMAIL, PASSWORD).await;
+    let stdout = run(Command::new(example_binary("client")).args([
+        "--addr",
+        &format!("http://{}", app.addr),
+        "--email",
+        EMAIL,
+        "--password",
+        PASSWORD,
+    ]))
+    .await;
+    for step in [
+        "logged in",
+        "validated",
+        "refreshed",
+        "logged out",
+        "after logout",
+    ] {
+        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
+    }
+}
+
+async fn the_python_example_verifies_tokens_against_the_jwks(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.add_user(EMAIL, PASSWORD).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python/verify_tokens.py");
+    let stdout = run(Command::new("python3").arg(script).args([
+        "--grpc",
+        &app.addr.to_string(),
+        "--jwks-url",
+        &format!("http://{}/.well-known/jwks.json", app.http_addr),
+        "--email",
+        EMAIL,
+        "--password",
+        PASSWORD,
+    ]))
+    .await;
+    for step in [
+        "verified locally",
+        "tampered token refused locally",
+        "Validate agrees",
+        "after logout: still verifies offline, Validate says 'session revoked'",
+    ] {
+        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
+    }
+}
