@@ -32,9 +32,14 @@ enum Mode {
     Health,
     /// 80% Validate, 15% Refresh, 5% Login.
     Mixed,
+    /// No load: log in `--sessions` times and write the access tokens to `--tokens-file`,
+    /// one per line, for Validate runs over many distinct sessions.
+    Sessions,
 }
 
 #[derive(Debug, Parser)]
+// A later --in-flight or --connections wins, so scripts can override their defaults.
+#[command(args_override_self = true)]
 struct Args {
     /// authd's address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -55,6 +60,13 @@ struct Args {
     email: String,
     #[arg(long, default_value = "correct horse battery staple")]
     password: String,
+    /// Validate rotates through the access tokens in this file (see `--mode sessions`);
+    /// without it each worker validates its own session's token.
+    #[arg(long)]
+    tokens_file: Option<std::path::PathBuf>,
+    /// How many sessions `--mode sessions` opens.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
     /// Print one line of progress (calls so far) this often; 0 turns it off.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     progress: Duration,
@@ -112,6 +124,18 @@ async fn main() {
             .expect("authd answers");
         channels.push(channel);
     }
+    if args.mode == Mode::Sessions {
+        open_sessions(&args, &channels).await;
+        return;
+    }
+    let tokens: Arc<Vec<String>> = Arc::new(match &args.tokens_file {
+        Some(path) => std::fs::read_to_string(path)
+            .expect("the tokens file is readable")
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    });
     let report: Report = Arc::default();
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
@@ -121,8 +145,9 @@ async fn main() {
     for worker in 0..args.in_flight {
         let channel = channels[worker % channels.len()].clone();
         let (args, report) = (Arc::clone(&args), Arc::clone(&report));
+        let tokens = Arc::clone(&tokens);
         workers.push(tokio::spawn(run_worker(
-            worker, channel, args, report, deadline,
+            worker, channel, args, tokens, report, deadline,
         )));
     }
     if !args.progress.is_zero() {
@@ -150,10 +175,43 @@ async fn main() {
     print_report(&report.lock().unwrap(), started.elapsed(), &args);
 }
 
+/// Logs in `--sessions` times, `--in-flight` at once, and writes the access tokens out.
+async fn open_sessions(args: &Args, channels: &[Channel]) {
+    let path = args.tokens_file.as_ref().expect("--tokens-file is required");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..args.in_flight {
+        let mut auth = AuthServiceClient::new(channels[worker % channels.len()].clone());
+        let (next, total) = (Arc::clone(&next), args.sessions);
+        let login = LoginRequest {
+            email: args.email.clone(),
+            password: args.password.clone(),
+        };
+        workers.push(tokio::spawn(async move {
+            let mut tokens = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let session = auth.login(login.clone()).await.expect("login");
+                tokens.push(session.into_inner().access_token);
+            }
+            tokens
+        }));
+    }
+    let mut lines = String::new();
+    for worker in workers {
+        for token in worker.await.expect("worker") {
+            lines.push_str(&token);
+            lines.push('\n');
+        }
+    }
+    std::fs::write(path, lines).expect("the tokens file is writable");
+    println!("wrote {} access tokens to {}", args.sessions, path.display());
+}
+
 async fn run_worker(
     worker: usize,
     channel: Channel,
     args: Arc<Args>,
+    tokens: Arc<Vec<String>>,
     report: Report,
     deadline: Instant,
 ) {
@@ -163,7 +221,11 @@ async fn run_worker(
         email: args.email.clone(),
         password: args.password.clone(),
     };
-    let needs_session = !matches!(args.mode, Mode::Health | Mode::Login);
+    let needs_session = match args.mode {
+        Mode::Health | Mode::Login | Mode::Sessions => false,
+        Mode::Validate => tokens.is_empty(),
+        Mode::Refresh | Mode::Mixed => true,
+    };
     let mut session = if needs_session {
         Some(
             auth.login(login.clone())
@@ -188,10 +250,17 @@ async fn run_worker(
         let started = Instant::now();
         match call {
             Mode::Validate => {
-                let token = session
-                    .as_ref()
-                    .map(|s| s.access_token.clone())
-                    .unwrap_or_default();
+                // Workers start at different offsets and stride by the worker count, so every
+                // token is used in turn and no two calls in flight share one.
+                let token = if tokens.is_empty() {
+                    session
+                        .as_ref()
+                        .map(|s| s.access_token.clone())
+                        .unwrap_or_default()
+                } else {
+                    let round = turn.wrapping_sub(worker);
+                    tokens[(round.wrapping_mul(args.in_flight) + worker) % tokens.len()].clone()
+                };
                 let result = auth
                     .validate(ValidateRequest {
                         access_token: token,
@@ -231,7 +300,7 @@ async fn run_worker(
                 let result = auth.login(login.clone()).await;
                 record(&report, "Login", started, result.map(drop));
             }
-            Mode::Health | Mode::Mixed => {
+            Mode::Health | Mode::Mixed | Mode::Sessions => {
                 let result = health.check(HealthCheckRequest::default()).await;
                 record(&report, "Health", started, result.map(drop));
             }

@@ -1,0 +1,86 @@
+//! Micro-benchmarks of the per-call CPU work: `cargo bench --bench hot_paths`.
+//!
+//! Validate's cost is access-token verification plus the revocation lookup; Refresh's own CPU
+//! is a new token, its hash and a signature; Login's is one argon2id hash at the configured
+//! (default, production) parameters. Results go to BENCHMARKS.md.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{hint::black_box, time::Duration};
+
+use authd::{
+    auth::{Password, PasswordHasher, RefreshToken, RevokedSessions, SuccessorKey, TokenKeys},
+    config::Argon2Settings,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use uuid::Uuid;
+
+const TTL: Duration = Duration::from_secs(900);
+
+fn keys() -> TokenKeys {
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    TokenKeys::new(&signing, &[], "authd", "internal-services", Duration::ZERO).unwrap()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn access_tokens(c: &mut Criterion) {
+    let keys = keys();
+    let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+    c.bench_function("access_token/sign", |b| {
+        b.iter(|| keys.issue(user, session, "alice@example.com", now(), TTL).unwrap())
+    });
+
+    // As Validate does it: verify, then look the session up among 10,000 revoked ones.
+    let revoked = RevokedSessions::new(TTL, Duration::ZERO);
+    for _ in 0..10_000 {
+        revoked.insert(Uuid::new_v4(), chrono::Utc::now());
+    }
+    let token = keys
+        .issue(user, session, "alice@example.com", now(), TTL)
+        .unwrap();
+    c.bench_function("access_token/verify_and_revocation_lookup", |b| {
+        b.iter(|| {
+            let claims = keys.verify(black_box(&token)).unwrap();
+            assert!(!revoked.contains(&claims.sid));
+        })
+    });
+    c.bench_function("revocation/lookup_among_10k", |b| {
+        b.iter(|| revoked.contains(black_box(&session)))
+    });
+}
+
+fn refresh_tokens(c: &mut Criterion) {
+    c.bench_function("refresh_token/generate_and_hash", |b| {
+        b.iter(|| RefreshToken::generate().unwrap().hash())
+    });
+    let parent = RefreshToken::generate().unwrap();
+    let grace = SuccessorKey::new([9; 32]);
+    c.bench_function("refresh_token/successor_and_hash", |b| {
+        b.iter(|| grace.successor_of(black_box(&parent)).hash())
+    });
+}
+
+fn argon2(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let settings = Argon2Settings::default();
+    let hasher = PasswordHasher::new(settings, 1, 1).unwrap();
+    let password = || Password::parse("correct horse battery staple".into()).unwrap();
+    let stored = runtime.block_on(hasher.hash(password())).unwrap();
+    let mut group = c.benchmark_group("argon2id");
+    group.sample_size(20);
+    group.bench_function("verify_at_default_parameters", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(hasher.verify(password(), Some(stored.clone())))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, access_tokens, refresh_tokens, argon2);
+criterion_main!(benches);

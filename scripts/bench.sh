@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# End-to-end benchmarks against a release build (BENCHMARKS.md explains every figure).
+#
+#   scripts/bench.sh sqlite|postgres [phase...]
+#
+# Phases (all by default): transport (health, validate, refresh), login (login, validate p99
+# with and without a login flood, memory), cleanup (refresh p99 while 1,000,000 expired rows
+# are deleted), pgbench (postgres only: refresh.sql at the same concurrency).
+# BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+backend=${1:?usage: scripts/bench.sh sqlite|postgres [phase...]}
+shift
+phases=${*:-transport login cleanup pgbench}
+runs=${BENCH_RUNS:-3}
+duration=${BENCH_DURATION:-10s}
+in_flight=${BENCH_IN_FLIGHT:-64}
+connections=${BENCH_CONNECTIONS:-4}
+
+cargo build --release --quiet --bin authd --example load
+authd=target/release/authd
+load_bin=target/release/examples/load
+load() { "$load_bin" --target "http://$AUTH_LISTEN" "$@"; }
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+export AUTH_LISTEN=127.0.0.1:50071 AUTH_HTTP_LISTEN=127.0.0.1:8091 RUST_LOG=warn
+export AUTH_ACCESS_TOKEN_TTL=2h AUTH_SIGNING_KEY_FILE=$work/signing_key.pem
+# Benchmark users log in again and again; throttling must not be what is measured.
+export AUTH_LOGIN_FREE_ATTEMPTS=1000 AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS=100000
+$authd keys generate --out "$AUTH_SIGNING_KEY_FILE" >/dev/null
+case $backend in
+  sqlite) export AUTH_DATABASE_URL="sqlite://$work/authd.db?mode=rwc" ;;
+  postgres)
+    db=authd_bench_$$
+    psql -qh 127.0.0.1 -U postgres -c "CREATE DATABASE $db" >/dev/null
+    trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null' EXIT
+    export AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" ;;
+  *) echo "backend must be sqlite or postgres" >&2; exit 2 ;;
+esac
+cheap_argon2=(AUTH_ARGON2_MEMORY_KIB=64 AUTH_ARGON2_ITERATIONS=1)
+
+add_user() { # email [env...]
+  local email=$1; shift
+  echo "correct horse battery staple" | env "$@" $authd user add "$email" --password-stdin >/dev/null
+}
+start() { # [env...]
+  env "$@" $authd serve 2>>"$work/authd.log" &
+  server=$!
+  until load --mode health --duration 100ms --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
+}
+stop() { kill "$server"; wait "$server" || true; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+run() { # label, load arguments...
+  local label=$1; shift
+  echo "## $label"
+  load --duration "$duration" --connections "$connections" --in-flight "$in_flight" "$@" | tail -n +2
+}
+
+echo "# authd end-to-end benchmarks: $backend, $(nproc) cores, $(date -u +%F), commit $(git rev-parse --short HEAD)"
+for phase in $phases; do
+  case $phase in
+  transport)
+    add_user fast@example.com "${cheap_argon2[@]}"
+    start "${cheap_argon2[@]}"
+    echo "idle RSS after start: $(rss_kib "$server") KiB"
+    load --mode sessions --sessions 10000 --email fast@example.com --tokens-file "$work/tokens" \
+      --in-flight "$in_flight" --connections "$connections"
+    for i in $(seq "$runs"); do
+      run "health run $i" --mode health
+      run "validate run $i (10,000 sessions in rotation)" --mode validate --tokens-file "$work/tokens"
+      run "refresh run $i" --mode refresh --email fast@example.com
+    done
+    stop ;;
+  login)
+    [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
+    add_user login@example.com
+    start
+    sleep 1; echo "idle RSS: $(rss_kib "$server") KiB"
+    for i in $(seq "$runs"); do
+      run "health run $i" --mode health
+      run "login run $i" --mode login --email login@example.com
+      # Validate as a latency probe (8 in flight), alone and then beside a saturating flood.
+      run "validate alone run $i" --mode validate --tokens-file "$work/tokens" --in-flight 8 --connections 1
+      load --mode login --email login@example.com --duration "$duration" --in-flight 64 >"$work/flood" &
+      flood=$!
+      ( while kill -0 $flood 2>/dev/null; do r=$(rss_kib "$server"); echo "$r"; sleep 0.5; done ) >"$work/rss" &
+      run "validate during login flood run $i" --mode validate --tokens-file "$work/tokens" --in-flight 8 --connections 1
+      wait $flood
+      echo "## the flood"; tail -n +2 "$work/flood"
+      peak=$(sort -n "$work/rss" | tail -1)
+      echo "peak RSS during the flood: $peak KiB"
+    done
+    stop ;;
+  cleanup)
+    add_user fast@example.com "${cheap_argon2[@]}" 2>/dev/null || true
+    start "${cheap_argon2[@]}"
+    for i in $(seq "$runs"); do
+      # 1,000,000 expired refresh tokens, copied from a live row (its created_at is past).
+      case $backend in
+        sqlite) python3 - "$work/authd.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute("""WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+INSERT INTO refresh_tokens (id, session_id, parent_id, token_hash, created_at, expires_at, used_at)
+SELECT randomblob(16), t.session_id, NULL, randomblob(32), t.created_at, t.created_at, NULL
+FROM n, (SELECT * FROM refresh_tokens LIMIT 1) AS t""")
+db.commit()
+PY
+        ;;
+        postgres) psql -qh 127.0.0.1 -U postgres -d "$db" -c "
+INSERT INTO refresh_tokens (id, session_id, parent_id, token_hash, created_at, expires_at)
+SELECT gen_random_uuid(), t.session_id, NULL, sha256(convert_to(g::text || random()::text, 'UTF8')),
+       t.created_at, t.created_at
+FROM generate_series(1, 1000000) AS g, (SELECT * FROM refresh_tokens LIMIT 1) AS t" ;;
+      esac
+      run "refresh without cleanup run $i" --mode refresh --email fast@example.com
+      ( sleep 1; began=$(date +%s.%N); $authd cleanup 2>/dev/null
+        echo "cleanup: $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $began}") s" ) &
+      cleaner=$!
+      run "refresh during cleanup of 1,000,000 rows run $i" --mode refresh --email fast@example.com
+      wait $cleaner
+    done
+    stop ;;
+  pgbench)
+    [[ $backend == postgres ]] || continue
+    psql -qh 127.0.0.1 -U postgres -c "CREATE DATABASE ${db}_pgbench" >/dev/null
+    AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:5432/${db}_pgbench" $authd migrate >/dev/null
+    psql -qh 127.0.0.1 -U postgres -d "${db}_pgbench" -f scripts/pgbench/seed.sql >/dev/null
+    for i in $(seq "$runs"); do
+      echo "## pgbench run $i"
+      pgbench -h 127.0.0.1 -U postgres -n -M prepared -c "$in_flight" -j 2 -T "${duration%s}" \
+        -f scripts/pgbench/refresh.sql "${db}_pgbench" | grep -E "^(tps|latency)"
+    done
+    psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE ${db}_pgbench WITH (FORCE)" >/dev/null ;;
+  esac
+done
