@@ -29,7 +29,10 @@ fn access_tokens(c: &mut Criterion) {
     let keys = keys();
     let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
     c.bench_function("access_token/sign", |b| {
-        b.iter(|| keys.issue(user, session, "alice@example.com", now(), TTL).unwrap())
+        b.iter(|| {
+            keys.issue(user, session, "alice@example.com", now(), TTL)
+                .unwrap()
+        })
     });
 
     // As Validate does it: verify, then look the session up among 10,000 revoked ones.

@@ -177,7 +177,10 @@ async fn main() {
 
 /// Logs in `--sessions` times, `--in-flight` at once, and writes the access tokens out.
 async fn open_sessions(args: &Args, channels: &[Channel]) {
-    let path = args.tokens_file.as_ref().expect("--tokens-file is required");
+    let path = args
+        .tokens_file
+        .as_ref()
+        .expect("--tokens-file is required");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for worker in 0..args.in_flight {
@@ -204,7 +207,11 @@ async fn open_sessions(args: &Args, channels: &[Channel]) {
         }
     }
     std::fs::write(path, lines).expect("the tokens file is writable");
-    println!("wrote {} access tokens to {}", args.sessions, path.display());
+    println!(
+        "wrote {} access tokens to {}",
+        args.sessions,
+        path.display()
+    );
 }
 
 async fn run_worker(
