@@ -15,8 +15,8 @@ on_both_backends!(
 
 const EMAIL: &str = "example@example.com";
 
-/// Runs an example to completion and asserts it succeeded.
-async fn run(command: &mut Command) -> String {
+/// Runs an example to completion and asserts it succeeded and printed each of `steps`.
+async fn run(command: &mut Command, steps: &[&str]) {
     let output: Output = tokio::time::timeout(
         Duration::from_secs(120),
         command.kill_on_drop(true).output(),
@@ -33,7 +33,9 @@ async fn run(command: &mut Command) -> String {
         "example failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    stdout
+    for step in steps {
+        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
+    }
 }
 
 /// `cargo test` builds the examples beside the test binaries (`target/<profile>/examples`).
@@ -51,31 +53,31 @@ fn example_binary(name: &str) -> PathBuf {
 async fn the_rust_client_example_runs_against_a_live_server(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.add_user(EMAIL, PASSWORD).await;
-    let stdout = run(Command::new(example_binary("client")).args([
+    let mut client = Command::new(example_binary("client"));
+    client.args([
         "--addr",
         &format!("http://{}", app.addr),
         "--email",
         EMAIL,
         "--password",
         PASSWORD,
-    ]))
-    .await;
-    for step in [
+    ]);
+    let steps = [
         "logged in",
         "validated",
         "refreshed",
         "logged out",
         "after logout",
-    ] {
-        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
-    }
+    ];
+    run(&mut client, &steps).await;
 }
 
 async fn the_python_example_verifies_tokens_against_the_jwks(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.add_user(EMAIL, PASSWORD).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python/verify_tokens.py");
-    let stdout = run(Command::new("python3").arg(script).args([
+    let mut python = Command::new("python3");
+    python.arg(script).args([
         "--grpc",
         &app.addr.to_string(),
         "--jwks-url",
@@ -84,14 +86,12 @@ async fn the_python_example_verifies_tokens_against_the_jwks(backend: Backend) {
         EMAIL,
         "--password",
         PASSWORD,
-    ]))
-    .await;
-    for step in [
+    ]);
+    let steps = [
         "verified locally",
         "tampered token refused locally",
         "Validate agrees",
         "after logout: still verifies offline, Validate says 'session revoked'",
-    ] {
-        assert!(stdout.contains(step), "no {step:?} in:\n{stdout}");
-    }
+    ];
+    run(&mut python, &steps).await;
 }

@@ -163,14 +163,7 @@ impl TestApp {
 
     /// Adds a user directly through the domain, as `authd user add` would.
     pub async fn add_user(&self, email: &str, password: &str) {
-        user_admin(&self.config)
-            .await
-            .add_user(
-                Email::parse(email).unwrap(),
-                Password::parse_new(password.into()).unwrap(),
-            )
-            .await
-            .expect("user added");
+        add_user_on(&self.config, email, password).await;
     }
 
     /// Disables a user directly through the domain, as `authd user disable` would.
@@ -208,7 +201,12 @@ pub async fn add_user(db: &TestDatabase, email: &str, password: &str) {
 /// Adds a user with the argon2 cost (and other settings) of `extra`.
 pub async fn add_user_with(db: &TestDatabase, extra: &[(&str, &str)], email: &str, password: &str) {
     let config = Config::from_vars(settings(db, extra)).expect("test settings are valid");
-    user_admin(&config)
+    add_user_on(&config, email, password).await;
+}
+
+/// Adds a user to the database of `config`, hashing with its argon2 cost.
+async fn add_user_on(config: &Config, email: &str, password: &str) {
+    user_admin(config)
         .await
         .add_user(
             Email::parse(email).unwrap(),
