@@ -8,7 +8,10 @@
 use std::{hint::black_box, time::Duration};
 
 use authd::{
-    auth::{Password, PasswordHasher, RefreshToken, RevokedSessions, SuccessorKey, TokenKeys},
+    auth::{
+        Password, PasswordHasher, RefreshToken, RevokedSessions, SuccessorKey, TokenKeys,
+        VerifiedTokens,
+    },
     config::Argon2Settings,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -46,6 +49,16 @@ fn access_tokens(c: &mut Criterion) {
     c.bench_function("access_token/verify_and_revocation_lookup", |b| {
         b.iter(|| {
             let claims = keys.verify(black_box(&token)).unwrap();
+            assert!(!revoked.contains(&claims.sid));
+        })
+    });
+    // A token seen before: its SHA-256, a cache lookup, then the revocation lookup.
+    let verified = VerifiedTokens::new(50_000, Duration::ZERO);
+    c.bench_function("access_token/cached_verify_and_revocation_lookup", |b| {
+        b.iter(|| {
+            let claims = verified
+                .get_or_verify(black_box(&token), now(), || keys.verify(&token))
+                .unwrap();
             assert!(!revoked.contains(&claims.sid));
         })
     });

@@ -67,6 +67,9 @@ pub struct Config {
     pub refresh_grace_key_file: Option<PathBuf>,
     /// `AUTH_JWT_LEEWAY`: clock skew tolerated on `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// `AUTH_VALIDATE_CACHE_SIZE`: access tokens whose verification Validate remembers until
+    /// they expire; 0 verifies the signature on every call.
+    pub validate_cache_size: usize,
     /// `AUTH_ARGON2_*`: cost of password hashing.
     pub argon2: Argon2Settings,
     /// `AUTH_PASSWORD_HASH_CONCURRENCY`: how many password hashes run at once; more wait.
@@ -263,6 +266,7 @@ impl Config {
             },
             refresh_grace_key_file: vars.0.get("AUTH_REFRESH_GRACE_KEY_FILE").map(PathBuf::from),
             jwt_leeway: vars.duration_allowing_zero("AUTH_JWT_LEEWAY", "0s")?,
+            validate_cache_size: vars.number("AUTH_VALIDATE_CACHE_SIZE", 50_000, 0..=10_000_000)?,
             argon2,
             password_hash_concurrency: vars.number(
                 "AUTH_PASSWORD_HASH_CONCURRENCY",

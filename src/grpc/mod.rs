@@ -152,7 +152,7 @@ impl AuthService for AuthGrpc {
             let claims = self.auth.validate(&request.get_ref().access_token)?;
             Ok(Response::new(ValidateResponse {
                 user_id: claims.sub.to_string(),
-                email: claims.email,
+                email: claims.email.clone(),
                 session_id: claims.sid.to_string(),
                 issued_at: Some(timestamp(claims.iat)),
                 expires_at: Some(timestamp(claims.exp)),
