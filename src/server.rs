@@ -201,7 +201,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(auth_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+            .serve_with_incoming_shutdown(without_nagle(self.listener), signal);
         tracing::info!(%address, %http_address, "listening");
 
         let grace = self.config.shutdown_grace;
@@ -228,6 +228,20 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The accepted connections, with Nagle's algorithm off. tonic sets TCP_NODELAY only on
+/// listeners it binds itself; without it, a response written in two segments (Login's and
+/// Refresh's are) waits for the client's delayed ACK: a flat 40 ms per call, measured.
+fn without_nagle(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Connects to the database and applies pending migrations.
