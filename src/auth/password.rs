@@ -150,6 +150,14 @@ impl PasswordHasher {
 
 /// Takes jobs until every sender is gone; the buffer grows to the largest hash seen.
 fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    // Hash at the lowest scheduling priority (nice 19): a login flood must not take CPU from
+    // the async runtime, where Validate and Refresh need microseconds. Logins wait for argon2
+    // either way. Lowering one's own priority needs no privilege; should it fail, log it.
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::warn!(error = %e, "could not lower the hashing thread's priority");
+    }
     let mut memory = Vec::new();
     loop {
         // Only the idle thread that holds the lock waits on the queue; the others wait for the
@@ -284,6 +292,23 @@ mod tests {
             parallelism: 1,
         };
         PasswordHasher::new(settings, 2, 8).unwrap()
+    }
+
+    /// The nice value of the calling thread (field 19 of its `stat`).
+    #[cfg(target_os = "linux")]
+    fn own_nice_value() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The command name may hold spaces; the fields after its closing parenthesis do not.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_below_the_async_runtime() {
+        let runtime_nice = own_nice_value();
+        let hashing_nice = cheap().run(|_| own_nice_value()).await.unwrap();
+        assert_eq!(hashing_nice, 19, "the runtime thread has {runtime_nice}");
     }
 
     fn pw(s: &str) -> Password {
