@@ -95,6 +95,8 @@ for phase in $phases; do
   cleanup)
     add_user fast@example.com "${cheap_argon2[@]}" 2>/dev/null || true
     start "${cheap_argon2[@]}"
+    # A live refresh token for the seed below to copy.
+    load --mode refresh --email fast@example.com --duration 1s --in-flight 1 >/dev/null
     for i in $(seq "$runs"); do
       # 1,000,000 expired refresh tokens, copied from a live row (its created_at is past).
       case $backend in

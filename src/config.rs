@@ -290,7 +290,7 @@ impl Config {
             db_probe_interval: vars.duration("AUTH_DB_PROBE_INTERVAL", "5s")?,
             revocation_poll: vars.duration("AUTH_REVOCATION_POLL", "1s")?,
             cleanup_schedule: cron_schedule(vars.raw("AUTH_CLEANUP_SCHEDULE", "0 0 0 * * *"))?,
-            cleanup_batch_size: vars.number("AUTH_CLEANUP_BATCH_SIZE", 1000, 1..=100_000)?,
+            cleanup_batch_size: vars.number("AUTH_CLEANUP_BATCH_SIZE", 250, 1..=100_000)?,
             cors_origins: vars
                 .raw("AUTH_CORS_ORIGINS", "")
                 .split(',')
@@ -538,6 +538,8 @@ mod tests {
         assert_eq!(c.jwt_leeway, Duration::ZERO);
         assert_eq!(c.argon2, Argon2Settings::default());
         assert!(c.signing_key_file.is_none());
+        assert_eq!(c.cleanup_batch_size, 250);
+        assert_eq!(c.validate_cache_size, 50_000);
     }
 
     #[test]
