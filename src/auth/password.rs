@@ -149,15 +149,29 @@ impl PasswordHasher {
 }
 
 /// Takes jobs until every sender is gone; the buffer grows to the largest hash seen.
-fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
-    // Hash at the lowest scheduling priority (nice 19): a login flood must not take CPU from
-    // the async runtime, where Validate and Refresh need microseconds. Logins wait for argon2
-    // either way. Lowering one's own priority needs no privilege; should it fail, log it.
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
+/// Hashing runs below everything else (Linux: SCHED_IDLE; elsewhere the lowest priority): a
+/// login flood must not take CPU from the async runtime, where Validate and Refresh need
+/// microseconds. Logins wait for argon2 either way. Lowering one's own priority needs no
+/// privilege; should it fail, the thread hashes at normal priority and says so.
+fn lower_own_priority() {
+    use thread_priority::ThreadPriority;
+    #[cfg(target_os = "linux")]
+    let lowered = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        thread_priority::ThreadSchedulePolicy::Normal(
+            thread_priority::NormalThreadSchedulePolicy::Idle,
+        ),
+    );
+    #[cfg(not(target_os = "linux"))]
+    let lowered = thread_priority::set_current_thread_priority(ThreadPriority::Min);
+    if let Err(e) = lowered {
         tracing::warn!(error = %e, "could not lower the hashing thread's priority");
     }
+}
+
+fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
+    lower_own_priority();
     let mut memory = Vec::new();
     loop {
         // Only the idle thread that holds the lock waits on the queue; the others wait for the
@@ -294,21 +308,25 @@ mod tests {
         PasswordHasher::new(settings, 2, 8).unwrap()
     }
 
-    /// The nice value of the calling thread (field 19 of its `stat`).
+    /// The calling thread's scheduling policy (field 41 of its `stat`).
     #[cfg(target_os = "linux")]
-    fn own_nice_value() -> i32 {
+    fn own_scheduling_policy() -> u32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         // The command name may hold spaces; the fields after its closing parenthesis do not.
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[38].parse().unwrap()
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashing_runs_below_the_async_runtime() {
-        let runtime_nice = own_nice_value();
-        let hashing_nice = cheap().run(|_| own_nice_value()).await.unwrap();
-        assert_eq!(hashing_nice, 19, "the runtime thread has {runtime_nice}");
+        const SCHED_IDLE: u32 = 5;
+        let runtime = own_scheduling_policy();
+        let hashing = cheap().run(|_| own_scheduling_policy()).await.unwrap();
+        assert_eq!(
+            hashing, SCHED_IDLE,
+            "the runtime thread has policy {runtime}"
+        );
     }
 
     fn pw(s: &str) -> Password {
