@@ -218,6 +218,9 @@ impl PoolUsage {
     }
 }
 
+/// How long a pooled connection may sit idle before it is pinged when next lent out.
+const IDLE_CONNECTION_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The database connection pool and the queries authd runs.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -258,6 +261,11 @@ impl Store {
             .min_connections(0)
             .acquire_timeout(config.db_acquire_timeout)
             .connect_timeout(config.db_acquire_timeout)
+            // sqlx pings every connection it lends by default: a round trip before each
+            // statement or transaction. Only a connection idle this long, which a server,
+            // proxy or firewall may have dropped, is checked first; one that breaks in use
+            // fails its call (UNAVAILABLE) and is discarded when returned.
+            .test_before_acquire_if_idle_for(IDLE_CONNECTION_CHECK)
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(move |opts| {
                 opts.journal_mode(SqliteJournalMode::Wal)
@@ -555,7 +563,9 @@ impl Store {
 }
 
 impl Store {
-    /// Trades the current token `old_hash` for a successor `new_hash`, in one transaction.
+    /// Trades the current token `old_hash` for a successor `new_hash`, in one transaction of
+    /// four statements (claim, read the session with its user, extend, insert): on SQLite the
+    /// transaction holds the write turn, so each round trip counts.
     ///
     /// The conditional update of the token row picks one winner among concurrent callers on
     /// any backend and across replicas; the winner then updates its session row only while the
@@ -577,21 +587,14 @@ impl Store {
             .filter(refresh_token::Column::TokenHash.eq(old_hash.to_vec()))
             .filter(refresh_token::Column::UsedAt.is_null())
             .filter(refresh_token::Column::ExpiresAt.gt(now))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if claimed == 0 {
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(token) = claimed.into_iter().next() else {
             txn.rollback().await?;
             return Ok(Rotation::NotCurrent);
-        }
-        let Some(token) = refresh_token::Entity::find()
-            .filter(refresh_token::Column::TokenHash.eq(old_hash.to_vec()))
-            .one(&txn)
-            .await?
-        else {
-            return Err(missing("claimed refresh token"));
         };
-        let Some(session) = session::Entity::find_by_id(token.session_id)
+        let Some((session, user)) = session::Entity::find_by_id(token.session_id)
+            .find_also_related(user::Entity)
             .one(&txn)
             .await?
         else {
@@ -621,7 +624,7 @@ impl Store {
                 Rotation::SessionExpired
             });
         }
-        let Some(user) = user::Entity::find_by_id(session.user_id).one(&txn).await? else {
+        let Some(user) = user else {
             return Err(missing("session user"));
         };
         insert_refresh_token(&txn, session.id, Some(token.id), new_hash, now, expires_at).await?;
