@@ -20,11 +20,9 @@ for sync in ("FULL", "NORMAL"):
     while time.time() - start < 3:
         s = sessions[n % 64]; old = current[s]; new = hashlib.sha256(os.urandom(32)).digest()
         db.execute("BEGIN IMMEDIATE")
-        db.execute("UPDATE refresh_tokens SET used_at='2026' WHERE token_hash=? AND used_at IS NULL AND expires_at > '2026'", (old,))
-        tid, sid = db.execute("SELECT id, session_id FROM refresh_tokens WHERE token_hash=?", (old,)).fetchone()
-        db.execute("SELECT * FROM sessions WHERE id=?", (sid,)).fetchone()
+        tid, sid = db.execute("UPDATE refresh_tokens SET used_at='2026' WHERE token_hash=? AND used_at IS NULL AND expires_at > '2026' RETURNING id, session_id", (old,)).fetchone()
+        db.execute("SELECT * FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE s.id=?", (sid,)).fetchone()
         db.execute("UPDATE sessions SET last_refreshed_at='2026', expires_at='2099' WHERE id=? AND revoked_at IS NULL AND expires_at > '2026'", (sid,))
-        db.execute("SELECT * FROM users WHERE id=?", (user,)).fetchone()
         db.execute("INSERT INTO refresh_tokens VALUES (?, ?, ?, ?, '2026', '2099', NULL)", (uuid.uuid4().bytes, sid, tid, new))
         db.execute("COMMIT")
         current[s] = new; n += 1
