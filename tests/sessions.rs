@@ -21,6 +21,7 @@ on_both_backends!(
     refresh_input_is_checked,
     concurrent_refreshes_of_one_token_have_exactly_one_winner,
     concurrent_refreshes_across_two_processes_have_exactly_one_winner,
+    concurrent_refreshes_of_many_sessions_keep_their_own_outcomes,
     an_expired_refresh_token_is_refused_as_expired,
     logout_revokes_only_that_session,
     logout_of_all_sessions_spares_other_users,
@@ -166,6 +167,72 @@ async fn concurrent_refreshes_across_two_processes_have_exactly_one_winner(backe
         for status in &failures {
             assert_status(status, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
         }
+    }
+}
+
+/// Refreshes of many sessions at once (on SQLite one transaction carries them, each in a
+/// savepoint of its own): a refused one changes nothing, not even its own token, and takes
+/// nothing from the others.
+async fn concurrent_refreshes_of_many_sessions_keep_their_own_outcomes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let (mut live, mut revoked) = (Vec::new(), Vec::new());
+    for i in 0..48 {
+        let session = app.login("alice@example.com", PASSWORD).await.unwrap();
+        if i % 3 == 0 {
+            logout(&app.client, &session.refresh_token, false)
+                .await
+                .unwrap();
+            revoked.push(session);
+        } else {
+            live.push(session);
+        }
+    }
+    let all: Vec<_> = live.iter().chain(&revoked).cloned().collect();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(all.len()));
+    let calls = all.iter().map(|session| {
+        let (client, barrier) = (app.client.clone(), barrier.clone());
+        let token = session.refresh_token.clone();
+        tokio::spawn(async move {
+            barrier.wait().await;
+            refresh(&client, &token).await
+        })
+    });
+    let outcomes = futures_join_all(calls.collect::<Vec<_>>()).await;
+    let (live_outcomes, revoked_outcomes) = outcomes.split_at(live.len());
+    for (session, outcome) in live.iter().zip(live_outcomes) {
+        let rotated = outcome.as_ref().expect("a live session rotates");
+        assert_eq!(rotated.session_id, session.session_id);
+    }
+    for outcome in revoked_outcomes {
+        assert_status(
+            outcome.as_ref().unwrap_err(),
+            Code::Unauthenticated,
+            "SESSION_REVOKED",
+        );
+    }
+
+    let db = Database::connect(app.db.url()).await.unwrap();
+    let tokens = refresh_token::Entity::find().all(&db).await.unwrap();
+    let stored = |token: &str| {
+        let hash = hash(token);
+        let row = tokens.iter().find(|t| t.token_hash == hash).unwrap();
+        let children = tokens.iter().filter(|t| t.parent_id == Some(row.id));
+        (row.used_at.is_some(), children.count())
+    };
+    for session in &live {
+        assert_eq!(
+            stored(&session.refresh_token),
+            (true, 1),
+            "a live session's token"
+        );
+    }
+    for session in &revoked {
+        assert_eq!(
+            stored(&session.refresh_token),
+            (false, 0),
+            "a revoked session's token"
+        );
     }
 }
 

@@ -2,6 +2,7 @@
 //! The store knows nothing of gRPC; it takes and returns plain values and entity models.
 
 pub mod entity;
+mod sqlite_writer;
 
 use std::{path::PathBuf, str::FromStr, sync::Arc};
 
@@ -230,6 +231,8 @@ pub struct Store {
     /// the refresh throughput and a fraction of the tail (BENCHMARKS.md). `None` on
     /// PostgreSQL, whose row locks let writers run side by side.
     write_turn: Option<WriteTurn>,
+    /// On an SQLite file, rotations run on a writer thread of their own, in batches.
+    rotations: Option<sqlite_writer::RotationWriter>,
 }
 
 /// The queue of SQLite writers in this process, with how long one waits before giving up.
@@ -278,11 +281,22 @@ impl Store {
                 opts.options([("lock_timeout", lock_timeout_ms.as_str())])
             });
         let db = Database::connect(options).await?;
-        let write_turn = sqlite_file(&config.database_url).map(|_| WriteTurn {
-            lock: Arc::default(),
-            timeout: lock_timeout,
-        });
-        Ok(Self { db, write_turn })
+        let (write_turn, rotations) = match sqlite_file(&config.database_url) {
+            Some(path) => {
+                let turn = WriteTurn {
+                    lock: Arc::default(),
+                    timeout: lock_timeout,
+                };
+                let rotations = sqlite_writer::RotationWriter::start(&path, turn.clone())?;
+                (Some(turn), Some(rotations))
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            db,
+            write_turn,
+            rotations,
+        })
     }
 
     /// Waits for this process's turn to write (SQLite only), as long as a statement would wait
@@ -578,6 +592,9 @@ impl Store {
         now: DateTime<Utc>,
         lifetimes: Lifetimes,
     ) -> Result<Rotation, StoreError> {
+        if let Some(writer) = &self.rotations {
+            return writer.rotate(old_hash, new_hash, now, lifetimes).await;
+        }
         let _turn = self.write_turn().await?;
         let txn = self.db.begin().await?;
         // A write first, so SQLite takes its write lock (waiting up to the busy timeout) before
