@@ -94,6 +94,9 @@ fn open(path: &Path, turn: &WriteTurn) -> rusqlite::Result<Connection> {
 /// The writer thread: a batch at a time, in this process's write turn.
 fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, turn: &WriteTurn) {
     while let Some(first) = queue.blocking_recv() {
+        // The turn first: rotations queue up meanwhile and join this batch, and the check
+        // below comes as late as it can.
+        let _turn = turn.lock.clone().blocking_lock_owned();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -107,7 +110,6 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, turn: &WriteTurn) {
         if batch.is_empty() {
             continue;
         }
-        let _turn = turn.lock.clone().blocking_lock_owned();
         let outcomes = rotate_batch(&mut conn, &batch);
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             // The caller may have gone since; its rotation stands, as after any commit.
