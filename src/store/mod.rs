@@ -578,8 +578,8 @@ impl Store {
 
 impl Store {
     /// Trades the current token `old_hash` for a successor `new_hash`, in one transaction of
-    /// four statements (claim, read the session with its user, extend, insert): on SQLite the
-    /// transaction holds the write turn, so each round trip counts.
+    /// four statements: claim, read the session with its user, extend, insert. On an SQLite
+    /// file the rotation writer runs the same statements, batched (`sqlite_writer`).
     ///
     /// The conditional update of the token row picks one winner among concurrent callers on
     /// any backend and across replicas; the winner then updates its session row only while the
