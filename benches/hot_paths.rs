@@ -95,6 +95,20 @@ fn argon2(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // A Login flood keeps both hashing threads busy: each hash then shares the memory
+    // bandwidth and the L3 with the other, and takes longer than one alone.
+    let pair = PasswordHasher::new(settings, 2, 2).unwrap();
+    group.bench_function("two_verifies_at_once_on_two_threads", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let (one, two) = tokio::join!(
+                    pair.verify(password(), Some(stored.clone())),
+                    pair.verify(password(), Some(stored.clone()))
+                );
+                (one.unwrap(), two.unwrap())
+            })
+        })
+    });
     group.finish();
 }
 
