@@ -5,13 +5,15 @@
 #
 # Phases (all by default): transport (health, validate, refresh), login (login, validate p99
 # with and without a login flood, memory), cleanup (refresh p99 while 1,000,000 expired rows
-# are deleted), pgbench (postgres only: refresh.sql at the same concurrency).
+# are deleted), pgbench (postgres only: refresh.sql at the same concurrency), busycore
+# (validate p99 alone and beside a CPU loop at SCHED_IDLE outside authd, to compare with the
+# login phase's flood; needs the transport phase's tokens).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:?usage: scripts/bench.sh sqlite|postgres [phase...]}
 shift
-phases=${*:-transport login cleanup pgbench}
+phases=${*:-transport login busycore cleanup pgbench}
 runs=${BENCH_RUNS:-3}
 duration=${BENCH_DURATION:-10s}
 in_flight=${BENCH_IN_FLIGHT:-64}
@@ -90,6 +92,19 @@ for phase in $phases; do
       echo "## the flood"; tail -n +2 "$work/flood"
       peak=$(sort -n "$work/rss" | tail -1)
       echo "peak RSS during the flood: $peak KiB"
+    done
+    stop ;;
+  busycore)
+    [[ -f $work/tokens ]] || { echo "the busycore phase needs the transport phase's tokens" >&2; exit 2; }
+    start
+    for i in $(seq "$runs"); do
+      run "validate alone run $i" --mode validate --tokens-file "$work/tokens" --in-flight 8 --connections 1
+      # Pure CPU, no memory traffic, at the lowest priority Linux has: what is left of the
+      # flood's effect once authd's hashing is taken out.
+      chrt --idle 0 python3 -c 'while True: pass' &
+      spinner=$!
+      run "validate beside an idle-priority CPU loop run $i" --mode validate --tokens-file "$work/tokens" --in-flight 8 --connections 1
+      kill $spinner; wait $spinner 2>/dev/null || true
     done
     stop ;;
   cleanup)
