@@ -83,7 +83,7 @@ async fn a_browser_refreshes_with_its_http_only_cookie_and_never_sees_the_token(
 
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{page_origin}/?authd=http://localhost:{}", app.addr.port());
-    let _browser = tokio::process::Command::new(chromium())
+    let mut browser = tokio::process::Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -95,6 +95,8 @@ async fn a_browser_refreshes_with_its_http_only_cookie_and_never_sees_the_token(
             "--disable-sync",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
+        // Killed at the end, Chromium cannot remove its singleton folder: keep it in here.
+        .env("TMPDIR", profile.path())
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -105,6 +107,16 @@ async fn a_browser_refreshes_with_its_http_only_cookie_and_never_sees_the_token(
         .await
         .expect("the page reports within a minute")
         .unwrap();
+    // Done with the browser. Its helper processes outlive it for a moment and would leave
+    // files behind in a profile removed at once; remove it once they have let go.
+    browser.kill().await.unwrap();
+    let profile = profile.keep();
+    eventually(
+        Duration::from_secs(10),
+        "the browser profile removed",
+        || async { std::fs::remove_dir_all(&profile).is_ok().then_some(()) },
+    )
+    .await;
     assert_eq!(report.error, None, "the page failed: {report:?}");
 
     let logged_in: LoginResponse = report.login.as_ref().unwrap().ok();

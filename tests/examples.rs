@@ -76,8 +76,10 @@ async fn the_python_example_verifies_tokens_against_the_jwks(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.add_user(EMAIL, PASSWORD).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python/verify_tokens.py");
+    // Its own temporary folder, to check that the script cleans up the stubs it generates.
+    let scratch = tempfile::tempdir().unwrap();
     let mut python = Command::new("python3");
-    python.arg(script).args([
+    python.env("TMPDIR", scratch.path()).arg(script).args([
         "--grpc",
         &app.addr.to_string(),
         "--jwks-url",
@@ -94,4 +96,6 @@ async fn the_python_example_verifies_tokens_against_the_jwks(backend: Backend) {
         "after logout: still verifies offline, Validate says 'session revoked'",
     ];
     run(&mut python, &steps).await;
+    let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
+    assert!(left.is_empty(), "the script left {left:?} behind");
 }

@@ -13,7 +13,9 @@ The gRPC stubs are generated from proto/auth/v1/auth.proto at start-up with grpc
 """
 
 import argparse
+import atexit
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ PROTO_ROOT = pathlib.Path(__file__).resolve().parents[2] / "proto"
 def load_stubs():
     """Generates auth_pb2 and auth_pb2_grpc into a temporary folder and imports them."""
     out = tempfile.mkdtemp(prefix="authd-stubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
     status = protoc.main([
         "protoc",
