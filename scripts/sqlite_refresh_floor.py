@@ -2,7 +2,8 @@
 # commit rate the file system allows with synchronous=FULL (authd's) and NORMAL.
 import os, sqlite3, sys, time, uuid, hashlib, tempfile
 for sync in ("FULL", "NORMAL"):
-    path = os.path.join(tempfile.mkdtemp(), "x.db")
+    scratch = tempfile.TemporaryDirectory()  # removed when the next pass replaces it
+    path = os.path.join(scratch.name, "x.db")
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL"); db.execute(f"PRAGMA synchronous={sync}")
     db.execute("CREATE TABLE users (id BLOB PRIMARY KEY, email TEXT)")
