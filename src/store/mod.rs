@@ -249,12 +249,8 @@ impl Store {
             .and_then(|path| path.parent().map(PathBuf::from))
             .filter(|folder| !folder.as_os_str().is_empty());
         if let Some(folder) = sqlite_folder {
-            std::fs::create_dir_all(&folder).map_err(|e| {
-                StoreError::Unavailable(DbErr::Conn(RuntimeErr::Internal(format!(
-                    "cannot create {}: {e}",
-                    folder.display()
-                ))))
-            })?;
+            std::fs::create_dir_all(&folder)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", folder.display())))?;
         }
         let mut options = ConnectOptions::new(config.database_url.clone());
         let lock_timeout = config.db_lock_timeout;
@@ -307,9 +303,9 @@ impl Store {
         };
         match tokio::time::timeout(turn.timeout, turn.lock.lock()).await {
             Ok(guard) => Ok(Some(guard)),
-            Err(_) => Err(StoreError::Unavailable(DbErr::Conn(RuntimeErr::Internal(
+            Err(_) => Err(unavailable(
                 "timed out waiting for the SQLite write lock".into(),
-            )))),
+            )),
         }
     }
 
@@ -805,6 +801,11 @@ async fn revoke_sessions_where(
         .rows_affected;
     crate::metrics::sessions_revoked(reason.as_str(), revoked);
     Ok(revoked)
+}
+
+/// A failure of authd's own making that is worth retrying, such as a lock waited on too long.
+fn unavailable(message: String) -> StoreError {
+    StoreError::Unavailable(DbErr::Conn(RuntimeErr::Internal(message)))
 }
 
 fn missing(what: &str) -> StoreError {

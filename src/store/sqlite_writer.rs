@@ -12,11 +12,11 @@ use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::DbErr;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Lifetimes, Rotation, StoreError, WriteTurn};
+use super::{Lifetimes, Rotation, StoreError, WriteTurn, unavailable};
 
 /// Rotations taken into one transaction at most: a batch holds the write lock, so this bounds
 /// how long other writers wait.
@@ -232,23 +232,23 @@ fn timestamp(at: DateTime<Utc>) -> String {
 fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
-        .map_err(|e| StoreError::Database(DbErr::Custom(format!("bad timestamp {text:?}: {e}"))))
+        .map_err(|e| broken(format!("bad timestamp {text:?}: {e}")))
 }
 
 fn uuid(bytes: &[u8]) -> Result<Uuid, StoreError> {
-    Uuid::from_slice(bytes)
-        .map_err(|e| StoreError::Database(DbErr::Custom(format!("bad uuid column: {e}"))))
+    Uuid::from_slice(bytes).map_err(|e| broken(format!("bad uuid column: {e}")))
 }
 
-fn unavailable(message: String) -> StoreError {
-    StoreError::Unavailable(DbErr::Conn(RuntimeErr::Internal(message)))
+/// A failure that retrying will not cure (a bug, a broken schema, a full disk).
+fn broken(message: String) -> StoreError {
+    StoreError::Database(DbErr::Custom(message))
 }
 
 /// The same failure for each rotation of a failed batch (`DbErr` is not `Clone`).
 fn copy(err: &StoreError) -> StoreError {
     match err {
         StoreError::Unavailable(e) => unavailable(e.to_string()),
-        StoreError::Database(e) => StoreError::Database(DbErr::Custom(e.to_string())),
+        StoreError::Database(e) => broken(e.to_string()),
         StoreError::EmailTaken => StoreError::EmailTaken,
     }
 }
@@ -260,7 +260,7 @@ impl From<rusqlite::Error> for StoreError {
         use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
         match err.sqlite_error_code() {
             Some(DatabaseBusy | DatabaseLocked) => unavailable(err.to_string()),
-            _ => StoreError::Database(DbErr::Custom(err.to_string())),
+            _ => broken(err.to_string()),
         }
     }
 }
