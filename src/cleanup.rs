@@ -1,69 +1,111 @@
-//! The nightly clean-up of expired rows: scheduled with tokio-cron-scheduler inside `serve`,
-//! or run once by `authd cleanup`.
+//! The nightly clean-up of ended sessions and forgotten login failures: scheduled with
+//! tokio-cron-scheduler inside `serve`, or run once by `authd cleanup`.
 
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use uuid::Uuid;
 
-use crate::store::{self, Store, StoreError};
+use crate::{
+    auth::FAILURE_MEMORY,
+    config::Config,
+    store::{self, Store, StoreError},
+};
 
 /// How many rows one run deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CleanupReport {
-    /// Refresh tokens past their expiry.
-    pub refresh_tokens: u64,
-    /// Sessions past their end.
+    /// Sessions past their end, each with its refresh row.
     pub sessions: u64,
+    /// Refresh tokens from before the upgrade to one row per session, past their expiry.
+    pub legacy_refresh_tokens: u64,
+    /// Accounts whose failed logins the throttle has forgotten.
+    pub login_attempts: u64,
 }
 
-/// Deletes every refresh token and session whose expiry has passed, `batch_size` rows per
-/// statement, so each transaction is short and no long lock blocks refreshes. After each batch
-/// it pauses as long as the batch took: on SQLite, whose one write lock a batch holds, the
-/// writers that queued meanwhile (in this process or, for `authd cleanup`, in the server) get
-/// the lock before the next batch, so the clean-up takes at most half the write time. Used and
-/// revoked tokens stay until they expire: a late reuse is still recognised as reuse.
-pub async fn run_once(store: &Store, batch_size: u64) -> Result<CleanupReport, StoreError> {
+/// What the clean-up deletes, and how much at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// `AUTH_CLEANUP_BATCH_SIZE`: rows per statement.
+    pub batch_size: u64,
+    /// `AUTH_SESSION_MAX_LIFETIME`: a session this old has ended, however recently it refreshed.
+    pub session_max: TimeDelta,
+}
+
+impl CleanupPolicy {
+    /// The policy `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            batch_size: config.cleanup_batch_size,
+            session_max: TimeDelta::from_std(config.session_max_lifetime).unwrap_or(TimeDelta::MAX),
+        }
+    }
+}
+
+/// Deletes every ended session (with its refresh row), every expired pre-upgrade token and
+/// every forgotten login failure, `batch_size` rows per statement, so each transaction is
+/// short and no long lock blocks refreshes. After each batch it pauses as long as the batch
+/// took: on SQLite, whose one write lock a batch holds, the writers that queued meanwhile (in
+/// this process or, for `authd cleanup`, in the server) get the lock before the next batch, so
+/// the clean-up takes at most half the write time. A session lives until it ends, revoked or
+/// not, so a late reuse of any of its tokens is still recognised as reuse.
+pub async fn run_once(store: &Store, policy: CleanupPolicy) -> Result<CleanupReport, StoreError> {
     let now = store::now();
-    let report = CleanupReport {
-        refresh_tokens: in_batches(store, Table::RefreshTokens, now, batch_size).await?,
-        sessions: in_batches(store, Table::Sessions, now, batch_size).await?,
-    };
+    let batch = policy.batch_size;
+    let started_before = now
+        .checked_sub_signed(policy.session_max)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let mut report = CleanupReport::default();
+    let mut after = Some(Uuid::nil());
+    while let Some(cursor) = after {
+        let started = Instant::now();
+        let swept = store
+            .delete_ended_sessions(cursor, now, started_before, batch)
+            .await?;
+        report.sessions += swept.deleted;
+        after = swept.next_after;
+        pause_after(started, after.is_some()).await;
+    }
+    report.legacy_refresh_tokens =
+        in_batches(batch, || store.delete_expired_legacy_tokens(now, batch)).await?;
+    let forget_before = now - FAILURE_MEMORY;
+    report.login_attempts = in_batches(batch, || {
+        store.delete_stale_login_attempts(now, forget_before, batch)
+    })
+    .await?;
     tracing::info!(
-        refresh_tokens = report.refresh_tokens,
         sessions = report.sessions,
-        "cleanup deleted expired rows"
+        legacy_refresh_tokens = report.legacy_refresh_tokens,
+        login_attempts = report.login_attempts,
+        "cleanup deleted ended rows"
     );
     Ok(report)
 }
 
-/// The tables with expiring rows.
-#[derive(Debug, Clone, Copy)]
-enum Table {
-    RefreshTokens,
-    Sessions,
-}
-
-/// Deletes `table`'s rows expired at `now` until a batch deletes fewer than `batch_size`,
-/// pausing after each full batch as long as it took; returns the rows deleted.
-async fn in_batches(
-    store: &Store,
-    table: Table,
-    now: DateTime<Utc>,
-    batch_size: u64,
-) -> Result<u64, StoreError> {
+/// Runs `delete` until a batch deletes fewer than `batch_size` rows, pausing after each full
+/// one; returns the rows deleted.
+async fn in_batches<F, Fut>(batch_size: u64, mut delete: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, StoreError>>,
+{
     let mut total = 0;
     loop {
         let started = Instant::now();
-        let deleted = match table {
-            Table::RefreshTokens => store.delete_expired_refresh_tokens(now, batch_size).await?,
-            Table::Sessions => store.delete_expired_sessions(now, batch_size).await?,
-        };
+        let deleted = delete().await?;
         total += deleted;
-        if deleted < batch_size {
+        let more = deleted >= batch_size;
+        pause_after(started, more).await;
+        if !more {
             return Ok(total);
         }
+    }
+}
+
+/// Before another batch, waits as long as the last one took.
+async fn pause_after(started: Instant, another_batch: bool) {
+    if another_batch {
         tokio::time::sleep(started.elapsed()).await;
     }
 }
@@ -73,18 +115,23 @@ async fn in_batches(
 pub async fn start_schedule(
     store: Store,
     schedule: &str,
-    batch_size: u64,
+    policy: CleanupPolicy,
 ) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     let job = Job::new_async(schedule, move |_, _| {
         let store = store.clone();
         Box::pin(async move {
-            match run_once(&store, batch_size).await {
-                Ok(report) => {
-                    crate::metrics::cleanup_run(true, report.refresh_tokens, report.sessions);
-                }
+            match run_once(&store, policy).await {
+                Ok(report) => crate::metrics::cleanup_run(
+                    true,
+                    &[
+                        ("sessions", report.sessions),
+                        ("legacy_refresh_tokens", report.legacy_refresh_tokens),
+                        ("login_attempts", report.login_attempts),
+                    ],
+                ),
                 Err(e) => {
-                    crate::metrics::cleanup_run(false, 0, 0);
+                    crate::metrics::cleanup_run(false, &[]);
                     tracing::error!(error = %crate::error_chain(&e), "cleanup failed; next run on schedule");
                 }
             }

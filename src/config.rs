@@ -58,7 +58,12 @@ pub struct Config {
     /// `AUTH_SESSION_MAX_LIFETIME`: a session's absolute lifetime from its login; rotation
     /// never extends a session past it.
     pub session_max_lifetime: Duration,
-    /// `AUTH_REFRESH_REUSE_GRACE`: `off` (strict, the default) or a duration within which a
+    /// `AUTH_REFRESH_KEY_FILE`: the key whose HMAC seals every refresh token (an Ed25519
+    /// private key file, as `authd keys generate` writes; never the signing key). Unset with
+    /// SQLite: generated beside the database on first start; required otherwise, the same on
+    /// every replica.
+    pub refresh_key_file: Option<PathBuf>,
+    /// `AUTH_REFRESH_REUSE_GRACE`: `off` (strict, the default) or a duration within which one
     /// retry with the token just rotated gets the same successor back.
     pub refresh_reuse_grace: Option<Duration>,
     /// `AUTH_REFRESH_GRACE_KEY_FILE`: the key that derives successors for the reuse grace (an
@@ -260,6 +265,7 @@ impl Config {
             access_token_ttl: vars.duration("AUTH_ACCESS_TOKEN_TTL", "15m")?,
             refresh_token_ttl: vars.duration("AUTH_REFRESH_TOKEN_TTL", "7d")?,
             session_max_lifetime: vars.duration("AUTH_SESSION_MAX_LIFETIME", "30d")?,
+            refresh_key_file: vars.0.get("AUTH_REFRESH_KEY_FILE").map(PathBuf::from),
             refresh_reuse_grace: match vars.raw("AUTH_REFRESH_REUSE_GRACE", "off") {
                 "off" => None,
                 _ => Some(vars.duration("AUTH_REFRESH_REUSE_GRACE", "off")?),
@@ -326,13 +332,22 @@ impl Config {
                 problem: "must start with sqlite: or postgres://".into(),
             });
         }
-        if config.refresh_grace_key_file.is_some()
-            && config.refresh_grace_key_file == config.signing_key_file
-        {
-            return Err(error(
+        // Each key does one job: one leaked or rotated never touches what the others protect.
+        let keys = [
+            ("AUTH_SIGNING_KEY_FILE", &config.signing_key_file),
+            ("AUTH_REFRESH_KEY_FILE", &config.refresh_key_file),
+            (
                 "AUTH_REFRESH_GRACE_KEY_FILE",
-                "must be a key of its own, not AUTH_SIGNING_KEY_FILE",
-            ));
+                &config.refresh_grace_key_file,
+            ),
+        ];
+        for (i, (variable, file)) in keys.iter().enumerate() {
+            if let Some((other, _)) = keys[..i].iter().find(|(_, f)| file.is_some() && f == file) {
+                return Err(error(
+                    variable,
+                    format!("must be a key of its own, not {other}"),
+                ));
+            }
         }
         for (variable, ttl) in [
             ("AUTH_ACCESS_TOKEN_TTL", config.access_token_ttl),

@@ -29,7 +29,7 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Delete expired refresh tokens and sessions once, print the counts and exit.
+    /// Delete ended sessions and forgotten login failures once, print the counts and exit.
     Cleanup,
     /// Manage users.
     #[command(subcommand)]
@@ -131,12 +131,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cleanup => {
             let config = settings()?;
             let store = server::connect_and_migrate(&config).await?;
-            let report = cleanup::run_once(&store, config.cleanup_batch_size)
+            let report = cleanup::run_once(&store, cleanup::CleanupPolicy::from_config(&config))
                 .await
-                .context("while deleting expired rows")?;
+                .context("while deleting ended rows")?;
             println!(
-                "deleted {} expired refresh tokens and {} expired sessions",
-                report.refresh_tokens, report.sessions
+                "deleted {} ended sessions, {} expired pre-upgrade refresh tokens and {} \
+                 forgotten login attempts",
+                report.sessions, report.legacy_refresh_tokens, report.login_attempts
             );
             Ok(())
         }

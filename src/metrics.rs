@@ -14,6 +14,7 @@ const RPC_DURATION: &str = "authd_rpc_duration_seconds";
 const LOGIN_FAILURES: &str = "authd_login_failures_total";
 const LOGIN_THROTTLED: &str = "authd_login_throttled_total";
 const REFRESH_REUSE: &str = "authd_refresh_token_reuse_total";
+const REFRESH_GRACE_RETRIES: &str = "authd_refresh_grace_retries_total";
 const SESSIONS_REVOKED: &str = "authd_sessions_revoked_total";
 const CLEANUP_RUNS: &str = "authd_cleanup_runs_total";
 const CLEANUP_DELETED: &str = "authd_cleanup_deleted_rows_total";
@@ -69,12 +70,13 @@ fn describe() {
         REFRESH_REUSE,
         "Used refresh tokens presented again; each revokes its session."
     );
+    describe_counter!(
+        REFRESH_GRACE_RETRIES,
+        "Refreshes forgiven by AUTH_REFRESH_REUSE_GRACE: the previous token's one retry."
+    );
     describe_counter!(SESSIONS_REVOKED, "Sessions revoked, by reason.");
     describe_counter!(CLEANUP_RUNS, "Clean-up runs, by outcome.");
-    describe_counter!(
-        CLEANUP_DELETED,
-        "Expired rows deleted by clean-up, by table."
-    );
+    describe_counter!(CLEANUP_DELETED, "Ended rows deleted by clean-up, by table.");
     describe_gauge!(
         REVOCATION_SET,
         "Revoked sessions held in memory so Validate refuses their access tokens."
@@ -119,17 +121,23 @@ pub fn refresh_token_reused() {
     counter!(REFRESH_REUSE).increment(1);
 }
 
+/// A retry within the reuse grace, answered with the same successor.
+pub fn refresh_grace_retry() {
+    counter!(REFRESH_GRACE_RETRIES).increment(1);
+}
+
 /// `count` sessions revoked for `reason` (the stored spelling).
 pub fn sessions_revoked(reason: &'static str, count: u64) {
     counter!(SESSIONS_REVOKED, "reason" => reason).increment(count);
 }
 
-/// One clean-up run and what it deleted.
-pub fn cleanup_run(succeeded: bool, refresh_tokens: u64, sessions: u64) {
+/// One clean-up run and how many rows it deleted from each table.
+pub fn cleanup_run(succeeded: bool, deleted: &[(&'static str, u64)]) {
     let outcome = if succeeded { "success" } else { "failure" };
     counter!(CLEANUP_RUNS, "outcome" => outcome).increment(1);
-    counter!(CLEANUP_DELETED, "table" => "refresh_tokens").increment(refresh_tokens);
-    counter!(CLEANUP_DELETED, "table" => "sessions").increment(sessions);
+    for &(table, rows) in deleted {
+        counter!(CLEANUP_DELETED, "table" => table).increment(rows);
+    }
 }
 
 /// The revocation set's current size.

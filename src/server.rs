@@ -10,8 +10,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     auth::{
-        Authenticator, PasswordHasher, ReuseGrace, RevokedSessions, SuccessorKey, TokenKeys,
-        load_signing_key, load_verification_key,
+        Authenticator, PasswordHasher, RefreshKey, ReuseGrace, RevokedSessions, SuccessorKey,
+        TokenKeys, load_signing_key, load_verification_key,
     },
     cleanup,
     config::{Config, TlsFiles},
@@ -72,6 +72,7 @@ impl Application {
             &config,
             store.clone(),
             keys,
+            load_refresh_key(&config)?,
             hasher,
             Arc::clone(&revoked),
             load_reuse_grace(&config)?,
@@ -135,7 +136,7 @@ impl Application {
         let mut scheduler = cleanup::start_schedule(
             self.store.clone(),
             &self.config.cleanup_schedule,
-            self.config.cleanup_batch_size,
+            cleanup::CleanupPolicy::from_config(&self.config),
         )
         .await
         .context("while starting the cleanup schedule (AUTH_CLEANUP_SCHEDULE)")?;
@@ -295,22 +296,47 @@ fn load_tls(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
     Ok(tls)
 }
 
+/// The key that seals refresh tokens (`AUTH_REFRESH_KEY_FILE`).
+fn load_refresh_key(config: &Config) -> anyhow::Result<RefreshKey> {
+    let secret = load_secret_key(
+        config,
+        config.refresh_key_file.as_deref(),
+        "refresh_key.pem",
+        "the refresh-token key (AUTH_REFRESH_KEY_FILE)",
+    )?;
+    Ok(RefreshKey::new(secret))
+}
+
 /// The reuse grace, when `AUTH_REFRESH_REUSE_GRACE` is set, with its successor key.
 fn load_reuse_grace(config: &Config) -> anyhow::Result<Option<ReuseGrace>> {
     let Some(window) = config.refresh_reuse_grace else {
         return Ok(None);
     };
-    let generated_path = store::sqlite_file(&config.database_url)
-        .map(|db| db.with_file_name("refresh_grace_key.pem"));
-    let key = load_signing_key(
+    let secret = load_secret_key(
+        config,
         config.refresh_grace_key_file.as_deref(),
-        generated_path.as_deref(),
-    )
-    .context("while loading the reuse-grace key (AUTH_REFRESH_GRACE_KEY_FILE)")?;
+        "refresh_grace_key.pem",
+        "the reuse-grace key (AUTH_REFRESH_GRACE_KEY_FILE)",
+    )?;
     Ok(Some(ReuseGrace {
         window: chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX),
-        key: SuccessorKey::new(key.to_bytes()),
+        key: SuccessorKey::new(secret),
     }))
+}
+
+/// The 32 secret bytes of a key file as `authd keys generate` writes it: the configured one,
+/// or with SQLite `generated_name` beside the database, created on first start.
+fn load_secret_key(
+    config: &Config,
+    configured: Option<&std::path::Path>,
+    generated_name: &str,
+    what: &str,
+) -> anyhow::Result<[u8; 32]> {
+    let generated_path =
+        store::sqlite_file(&config.database_url).map(|db| db.with_file_name(generated_name));
+    let key = load_signing_key(configured, generated_path.as_deref())
+        .with_context(|| format!("while loading {what}"))?;
+    Ok(key.to_bytes())
 }
 
 /// Checks the database every `interval`: health is NOT_SERVING while it does not answer

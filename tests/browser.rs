@@ -235,5 +235,5 @@ async fn grpc_web_answers_set_the_cookie_with_its_attributes(backend: Backend) {
     let (head, _) = grpc_web_call(&app, "Logout", &[], Some(&cookie)).await;
     assert!(set_cookie(&head).starts_with("__Host-authd_refresh=; Max-Age=0;"));
     let native = login(&app.client, EMAIL, PASSWORD).await.unwrap();
-    assert_eq!(native.refresh_token.len(), 43);
+    assert_eq!(native.refresh_token.len(), 119);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use authd::store::entity::{refresh_token, session, user};
+use authd::store::entity::{legacy_refresh_token, login_attempt, refresh_token, session, user};
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{Backend, TestApp, TestDatabase, eventually, process::run_authd};
 use sea_orm::{ActiveValue::Set, Database, DatabaseConnection, EntityTrait as _};
@@ -16,14 +16,14 @@ on_both_backends!(
     the_schedule_runs_the_cleanup,
 );
 
-struct Seeded {
-    kept_tokens: BTreeSet<Uuid>,
-    kept_sessions: BTreeSet<Uuid>,
-}
+/// What the clean-up must leave: sessions, pre-upgrade tokens, login attempts.
+type Rows = (BTreeSet<Uuid>, BTreeSet<Uuid>, BTreeSet<String>);
 
+/// A session begun `age` ago whose current token expires at `expires_at`.
 async fn insert_session(
     db: &DatabaseConnection,
     user_id: Uuid,
+    age: TimeDelta,
     expires_at: DateTime<Utc>,
     revoked: bool,
 ) -> Uuid {
@@ -32,34 +32,20 @@ async fn insert_session(
     session::Entity::insert(session::ActiveModel {
         id: Set(id),
         user_id: Set(user_id),
-        created_at: Set(now - TimeDelta::days(30)),
-        expires_at: Set(expires_at),
-        last_refreshed_at: Set(now - TimeDelta::days(1)),
+        created_at: Set(now - age),
         revoked_at: Set(revoked.then_some(now - TimeDelta::hours(1))),
         revoked_reason: Set(revoked.then(|| "logout".to_owned())),
     })
     .exec_without_returning(db)
     .await
     .unwrap();
-    id
-}
-
-async fn insert_token(
-    db: &DatabaseConnection,
-    session_id: Uuid,
-    expires_at: DateTime<Utc>,
-    used: bool,
-) -> Uuid {
-    let id = Uuid::new_v4();
-    let now = authd::store::now();
     refresh_token::Entity::insert(refresh_token::ActiveModel {
-        id: Set(id),
-        session_id: Set(session_id),
-        parent_id: Set(None),
-        token_hash: Set(Uuid::new_v4().as_bytes().repeat(2)),
-        created_at: Set(now - TimeDelta::days(8)),
+        session_id: Set(id),
+        generation: Set(3),
+        secret_hash: Set(Uuid::new_v4().as_bytes().repeat(2)),
+        rotated_at: Set(now - TimeDelta::days(1)),
         expires_at: Set(expires_at),
-        used_at: Set(used.then_some(now - TimeDelta::days(2))),
+        retried: Set(false),
     })
     .exec_without_returning(db)
     .await
@@ -67,8 +53,50 @@ async fn insert_token(
     id
 }
 
-/// Seeds live, used, revoked and expired rows; returns the ones that must survive.
-async fn seed(db: &DatabaseConnection) -> Seeded {
+/// A token from before the upgrade, as the migration keeps it.
+async fn insert_legacy_token(
+    db: &DatabaseConnection,
+    session_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Uuid {
+    let id = Uuid::new_v4();
+    let now = authd::store::now();
+    legacy_refresh_token::Entity::insert(legacy_refresh_token::ActiveModel {
+        id: Set(id),
+        session_id: Set(session_id),
+        parent_id: Set(None),
+        token_hash: Set(Uuid::new_v4().as_bytes().repeat(2)),
+        created_at: Set(now - TimeDelta::days(8)),
+        expires_at: Set(expires_at),
+        used_at: Set(Some(now - TimeDelta::days(2))),
+    })
+    .exec_without_returning(db)
+    .await
+    .unwrap();
+    id
+}
+
+async fn insert_login_attempt(
+    db: &DatabaseConnection,
+    email: &str,
+    last_failure_at: DateTime<Utc>,
+    blocked_until: DateTime<Utc>,
+) -> String {
+    login_attempt::Entity::insert(login_attempt::ActiveModel {
+        email: Set(email.to_owned()),
+        failures: Set(7),
+        last_failure_at: Set(last_failure_at),
+        blocked_until: Set(blocked_until),
+    })
+    .exec_without_returning(db)
+    .await
+    .unwrap();
+    email.to_owned()
+}
+
+/// Seeds live, revoked and ended sessions, expired and unexpired pre-upgrade tokens, and login
+/// attempts recent, forgotten and still blocking; returns the rows that must survive.
+async fn seed(db: &DatabaseConnection) -> Rows {
     let now = authd::store::now();
     let (past, future) = (now - TimeDelta::seconds(5), now + TimeDelta::days(3));
     let user_id = Uuid::new_v4();
@@ -84,32 +112,49 @@ async fn seed(db: &DatabaseConnection) -> Seeded {
     .await
     .unwrap();
 
-    let live = insert_session(db, user_id, future, false).await;
-    let revoked = insert_session(db, user_id, future, true).await;
-    let ended = insert_session(db, user_id, past, false).await;
-    let kept_tokens = BTreeSet::from([
-        insert_token(db, live, future, false).await,
-        // Used but unexpired: kept, so presenting it again is still recognised as reuse.
-        insert_token(db, live, future, true).await,
-        insert_token(db, revoked, future, false).await,
-    ]);
-    insert_token(db, live, past, false).await;
-    insert_token(db, live, past, true).await;
-    insert_token(db, revoked, past, true).await;
-    insert_token(db, ended, past, true).await;
-    Seeded {
-        kept_tokens,
-        kept_sessions: BTreeSet::from([live, revoked]),
+    let day = TimeDelta::days(1);
+    let live = insert_session(db, user_id, day, future, false).await;
+    // Revoked but not ended: kept, so presenting any of its tokens is still recognised.
+    let revoked = insert_session(db, user_id, day, future, true).await;
+    for _ in 0..3 {
+        insert_session(db, user_id, day, past, false).await;
     }
+    // Past AUTH_SESSION_MAX_LIFETIME (30 days), however late its token expires.
+    insert_session(db, user_id, TimeDelta::days(31), future, false).await;
+
+    let kept_legacy = insert_legacy_token(db, live, future).await;
+    insert_legacy_token(db, live, past).await;
+
+    let recent = insert_login_attempt(db, "recent@example.com", now, past).await;
+    let blocking = insert_login_attempt(db, "blocked@example.com", now - day * 2, future).await;
+    insert_login_attempt(db, "forgotten@example.com", now - day * 2, past).await;
+    (
+        BTreeSet::from([live, revoked]),
+        BTreeSet::from([kept_legacy]),
+        BTreeSet::from([recent, blocking]),
+    )
 }
 
-async fn remaining(db: &DatabaseConnection) -> (BTreeSet<Uuid>, BTreeSet<Uuid>) {
-    let tokens = refresh_token::Entity::find().all(db).await.unwrap();
+async fn remaining(db: &DatabaseConnection) -> Rows {
     let sessions = session::Entity::find().all(db).await.unwrap();
+    let legacy = legacy_refresh_token::Entity::find().all(db).await.unwrap();
+    let attempts = login_attempt::Entity::find().all(db).await.unwrap();
     (
-        tokens.into_iter().map(|t| t.id).collect(),
         sessions.into_iter().map(|s| s.id).collect(),
+        legacy.into_iter().map(|t| t.id).collect(),
+        attempts.into_iter().map(|a| a.email).collect(),
     )
+}
+
+/// Every session has its one refresh row: the clean-up deletes them together.
+async fn assert_one_refresh_row_per_session(db: &DatabaseConnection) {
+    let sessions = session::Entity::find().all(db).await.unwrap();
+    let rows = refresh_token::Entity::find().all(db).await.unwrap();
+    let ids = |ids: Vec<Uuid>| ids.into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(rows.into_iter().map(|r| r.session_id).collect()),
+        ids(sessions.into_iter().map(|s| s.id).collect())
+    );
 }
 
 async fn cleanup_deletes_exactly_the_expired_rows(backend: Backend) {
@@ -119,7 +164,7 @@ async fn cleanup_deletes_exactly_the_expired_rows(backend: Backend) {
     let conn = Database::connect(db.url()).await.unwrap();
     let seeded = seed(&conn).await;
 
-    // A batch of 2 makes the four expired tokens take several transactions.
+    // A batch of 2 makes the four ended sessions take several passes.
     let output = common::process::authd_command(&db, &[("AUTH_CLEANUP_BATCH_SIZE", "2")])
         .arg("cleanup")
         .output()
@@ -132,18 +177,20 @@ async fn cleanup_deletes_exactly_the_expired_rows(backend: Backend) {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("deleted 4 expired refresh tokens and 1 expired sessions"),
+        stdout.contains(
+            "deleted 4 ended sessions, 1 expired pre-upgrade refresh tokens and 1 forgotten \
+             login attempts"
+        ),
         "{stdout}"
     );
 
-    let (tokens, sessions) = remaining(&conn).await;
-    assert_eq!(tokens, seeded.kept_tokens);
-    assert_eq!(sessions, seeded.kept_sessions);
+    assert_eq!(remaining(&conn).await, seeded);
+    assert_one_refresh_row_per_session(&conn).await;
 
     let again = run_authd(&db, &["cleanup"], "").await;
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("deleted 0 expired refresh tokens and 0 expired sessions"),
+        stdout.contains("deleted 0 ended sessions, 0 expired pre-upgrade refresh tokens and 0"),
         "{stdout}"
     );
 }
@@ -153,8 +200,7 @@ async fn the_schedule_runs_the_cleanup(backend: Backend) {
     let conn = Database::connect(app.db.url()).await.unwrap();
     let seeded = seed(&conn).await;
     eventually(Duration::from_secs(10), "the scheduled cleanup", || async {
-        (remaining(&conn).await == (seeded.kept_tokens.clone(), seeded.kept_sessions.clone()))
-            .then_some(())
+        (remaining(&conn).await == seeded).then_some(())
     })
     .await;
 }

@@ -116,7 +116,9 @@ fn arbitrary_field_values_get_documented_statuses() {
         prop_oneof![
             ".{0,40}",
             "\\PC{0,300}",
+            // The shapes of a pre-upgrade and of a sealed refresh token.
             "[a-zA-Z0-9_-]{43}",
+            "[a-zA-Z0-9_-]{119}",
             Just(String::new())
         ]
     };

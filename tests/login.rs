@@ -4,14 +4,18 @@
 mod common;
 
 use authd::store::entity::{refresh_token, session};
-use common::{Backend, PASSWORD, TestApp, assert_status, validate};
+use common::{
+    Backend, PASSWORD, TestApp, assert_status,
+    rows::{row_counts, token_parts},
+    validate,
+};
 use sea_orm::{Database, EntityTrait as _};
-use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
 on_both_backends!(
     login_returns_a_complete_token_pair,
     login_stores_the_session_and_only_the_hash_of_its_refresh_token,
+    each_login_adds_one_session_and_one_refresh_row,
     wrong_password_unknown_email_and_disabled_user_answer_identically,
     malformed_input_is_an_invalid_argument,
     email_is_matched_case_insensitively_and_trimmed,
@@ -25,7 +29,11 @@ async fn login_returns_a_complete_token_pair(backend: Backend) {
     assert_eq!(login.token_type, "Bearer");
     assert_eq!(login.expires_in, 15 * 60);
     assert_eq!(login.refresh_expires_in, 7 * 24 * 3600);
-    assert_eq!(login.refresh_token.len(), 43, "256 bits in base64url");
+    assert_eq!(
+        login.refresh_token.len(),
+        119,
+        "format, session, generation, 256-bit secret and tag in base64url"
+    );
     let session_id = uuid::Uuid::parse_str(&login.session_id).expect("session_id is a UUID");
 
     let validated = validate(&app.client, &login.access_token)
@@ -50,15 +58,33 @@ async fn login_stores_the_session_and_only_the_hash_of_its_refresh_token(backend
     let tokens = refresh_token::Entity::find().all(&db).await.unwrap();
     assert_eq!(tokens.len(), 1);
     let token = &tokens[0];
+    let parts = token_parts(&app.db, &login.refresh_token);
     assert_eq!(token.session_id, sessions[0].id);
-    assert_eq!(token.parent_id, None);
-    assert_eq!(token.used_at, None);
+    assert_eq!(parts.session_id, sessions[0].id);
+    assert_eq!((token.generation, parts.generation), (1, 1));
     assert_eq!(
-        token.token_hash,
-        Sha256::digest(login.refresh_token.as_bytes()).to_vec()
+        token.secret_hash, parts.secret_hash,
+        "only the secret's hash"
     );
-    let lifetime = token.expires_at - token.created_at;
+    assert!(!token.retried);
+    let lifetime = token.expires_at - token.rotated_at;
     assert_eq!(lifetime.num_seconds(), login.refresh_expires_in);
+}
+
+/// A login writes a bounded, constant number of rows: one session and its refresh row.
+async fn each_login_adds_one_session_and_one_refresh_row(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let mut before = row_counts(&app.db).await;
+    for _ in 0..3 {
+        app.login("alice@example.com", PASSWORD).await.unwrap();
+        let after = row_counts(&app.db).await;
+        for (table, count) in &mut before {
+            let added = usize::from(["sessions", "refresh_tokens"].contains(table));
+            assert_eq!(after[table], *count + added as i64, "rows in {table}");
+            *count = after[table];
+        }
+    }
 }
 
 async fn wrong_password_unknown_email_and_disabled_user_answer_identically(backend: Backend) {

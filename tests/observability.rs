@@ -141,7 +141,7 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
         "authd_build_info",
         &[("version", env!("CARGO_PKG_VERSION"))],
     );
-    for table in ["refresh_tokens", "sessions"] {
+    for table in ["sessions", "legacy_refresh_tokens", "login_attempts"] {
         let deleted = value(
             &samples,
             "authd_cleanup_deleted_rows_total",

@@ -4,20 +4,30 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use authd::store::entity::refresh_token;
 use common::{
     Backend, PASSWORD, TestApp, TestDatabase, add_user, assert_status, eventually, login, logout,
     process::{AuthdProcess, run_authd},
-    refresh, validate,
+    refresh,
+    rows::{refresh_row, row_counts, token_parts},
+    validate,
 };
-use sea_orm::{ColumnTrait as _, Database, EntityTrait as _, QueryFilter as _};
-use sha2::{Digest as _, Sha256};
+use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::Code;
 
 on_both_backends!(
     refresh_rotates_within_the_session_and_reuse_revokes_it,
+    reuse_of_a_token_fifty_generations_old_revokes_the_session,
+    two_thousand_refreshes_leave_every_table_the_same_size,
+    a_token_with_a_flipped_tag_bit_is_invalid_and_the_session_lives_on,
+    a_sealed_token_with_a_wrong_secret_is_invalid_and_the_session_lives_on,
     refresh_input_is_checked,
     concurrent_refreshes_of_one_token_have_exactly_one_winner,
     concurrent_refreshes_across_two_processes_have_exactly_one_winner,
@@ -30,13 +40,12 @@ on_both_backends!(
     refresh_racing_logout_never_outlives_the_logout,
     rotated_and_revoked_tokens_stay_rejected_after_a_restart,
     disabling_a_user_revokes_their_sessions,
+    a_disabled_user_cannot_refresh_even_before_their_sessions_are_revoked,
+    no_login_racing_user_disable_outlives_it,
+    no_login_racing_user_set_password_outlives_it,
     the_database_never_holds_a_raw_refresh_token,
     a_call_behind_a_held_lock_is_unavailable_and_changes_nothing,
 );
-
-fn hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
 
 async fn refresh_rotates_within_the_session_and_reuse_revokes_it(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -56,18 +65,12 @@ async fn refresh_rotates_within_the_session_and_reuse_revokes_it(backend: Backen
         .expect("new access token");
     assert_eq!(validated.session_id, first.session_id);
 
-    let db = Database::connect(app.db.url()).await.unwrap();
-    let find = |token: &str| {
-        refresh_token::Entity::find().filter(refresh_token::Column::TokenHash.eq(hash(token)))
-    };
-    let parent = find(&first.refresh_token).one(&db).await.unwrap().unwrap();
-    let child = find(&second.refresh_token).one(&db).await.unwrap().unwrap();
-    assert_eq!(
-        child.parent_id,
-        Some(parent.id),
-        "the child records its parent"
-    );
-    assert!(parent.used_at.is_some() && child.used_at.is_none());
+    // The session's one row now holds the second generation.
+    let row = refresh_row(&app.db, &first.session_id).await;
+    let parts = token_parts(&app.db, &second.refresh_token);
+    assert_eq!((row.generation, parts.generation), (2, 2));
+    assert_eq!(row.secret_hash, parts.secret_hash);
+    assert_eq!(parts.session_id.to_string(), first.session_id);
 
     let third = refresh(&app.client, &second.refresh_token)
         .await
@@ -88,12 +91,96 @@ async fn refresh_rotates_within_the_session_and_reuse_revokes_it(backend: Backen
     assert_status(&access, Code::Unauthenticated, "SESSION_REVOKED");
 }
 
+/// Rotates `token` `times` times; returns the newest pair.
+async fn rotate_times(
+    client: &common::Client,
+    token: &str,
+    times: usize,
+) -> authd::proto::RefreshResponse {
+    let mut newest = refresh(client, token).await.expect("refresh");
+    for _ in 1..times {
+        newest = refresh(client, &newest.refresh_token)
+            .await
+            .expect("refresh");
+    }
+    newest
+}
+
+async fn reuse_of_a_token_fifty_generations_old_revokes_the_session(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &POLL).await;
+    let old = app.user_with_session("alice@example.com").await;
+    let newest = rotate_times(&app.client, &old.refresh_token, 50).await;
+    assert_eq!(token_parts(&app.db, &newest.refresh_token).generation, 51);
+
+    let status = refresh(&app.client, &old.refresh_token).await.unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+    common::assert_session_revoked(&app.client, &newest.refresh_token, &newest.access_token).await;
+}
+
+/// Storage grows with sessions, never with refreshes: a rotation rewrites the session's row.
+async fn two_thousand_refreshes_leave_every_table_the_same_size(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let login = app.user_with_session("alice@example.com").await;
+    let before = row_counts(&app.db).await;
+    assert_eq!(before["refresh_tokens"], 1);
+    let newest = rotate_times(&app.client, &login.refresh_token, 2000).await;
+    assert_eq!(row_counts(&app.db).await, before);
+    assert_eq!(
+        refresh_row(&app.db, &login.session_id).await.generation,
+        2001
+    );
+    validate(&app.client, &newest.access_token)
+        .await
+        .expect("the newest access token");
+}
+
+/// Asserts that `forged` is refused as REFRESH_TOKEN_INVALID and that the session it imitates
+/// is untouched: its current token still refreshes.
+async fn assert_forgery_refused(app: &TestApp, forged: &str, current: &str) {
+    let status = refresh(&app.client, forged).await.unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_INVALID");
+    let status = logout(&app.client, forged, true).await;
+    assert!(status.is_ok(), "logout answers OK: {status:?}");
+    refresh(&app.client, current)
+        .await
+        .expect("the session lives on");
+}
+
+async fn a_token_with_a_flipped_tag_bit_is_invalid_and_the_session_lives_on(backend: Backend) {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    let app = TestApp::spawn(backend).await;
+    let login = app.user_with_session("alice@example.com").await;
+    let mut bytes = URL_SAFE_NO_PAD.decode(&login.refresh_token).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    let forged = URL_SAFE_NO_PAD.encode(bytes);
+    assert_forgery_refused(&app, &forged, &login.refresh_token).await;
+}
+
+/// Even sealed with the real key, a token must carry the session's current secret: knowing
+/// (or holding the key for) a session id is not enough to use or revoke the session.
+async fn a_sealed_token_with_a_wrong_secret_is_invalid_and_the_session_lives_on(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let login = app.user_with_session("alice@example.com").await;
+    let session_id = uuid::Uuid::parse_str(&login.session_id).unwrap();
+    let forged = app.db.refresh_key().seal(session_id, 1, &[9; 32]);
+    let status = refresh(&app.client, forged.expose()).await.unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_INVALID");
+    refresh(&app.client, &login.refresh_token)
+        .await
+        .expect("the session lives on");
+}
+
 async fn refresh_input_is_checked(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let empty = refresh(&app.client, "").await.unwrap_err();
     assert_status(&empty, Code::InvalidArgument, "INVALID_ARGUMENT");
-    let unknown = "A".repeat(43);
-    for token in ["not-a-token", unknown.as_str(), &"é".repeat(30)] {
+    let (unknown_legacy, unsealed) = ("A".repeat(43), "A".repeat(119));
+    for token in [
+        "not-a-token",
+        unknown_legacy.as_str(),
+        unsealed.as_str(),
+        &"é".repeat(30),
+    ] {
         let status = refresh(&app.client, token).await.unwrap_err();
         assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_INVALID");
     }
@@ -212,26 +299,17 @@ async fn concurrent_refreshes_of_many_sessions_keep_their_own_outcomes(backend: 
         );
     }
 
-    let db = Database::connect(app.db.url()).await.unwrap();
-    let tokens = refresh_token::Entity::find().all(&db).await.unwrap();
-    let stored = |token: &str| {
-        let hash = hash(token);
-        let row = tokens.iter().find(|t| t.token_hash == hash).unwrap();
-        let children = tokens.iter().filter(|t| t.parent_id == Some(row.id));
-        (row.used_at.is_some(), children.count())
-    };
     for session in &live {
-        assert_eq!(
-            stored(&session.refresh_token),
-            (true, 1),
-            "a live session's token"
-        );
+        let row = refresh_row(&app.db, &session.session_id).await;
+        assert_eq!(row.generation, 2, "a live session rotated once");
     }
     for session in &revoked {
+        let row = refresh_row(&app.db, &session.session_id).await;
+        let parts = token_parts(&app.db, &session.refresh_token);
         assert_eq!(
-            stored(&session.refresh_token),
-            (false, 0),
-            "a revoked session's token"
+            (row.generation, row.secret_hash),
+            (1, parts.secret_hash),
+            "a revoked session's row is untouched"
         );
     }
 }
@@ -240,13 +318,7 @@ async fn an_expired_refresh_token_is_refused_as_expired(backend: Backend) {
     let app = TestApp::spawn_with(backend, &[("AUTH_REFRESH_TOKEN_TTL", "1s")]).await;
     let login = app.user_with_session("alice@example.com").await;
     assert_eq!(login.refresh_expires_in, 1);
-    let db = Database::connect(app.db.url()).await.unwrap();
-    let stored = refresh_token::Entity::find()
-        .filter(refresh_token::Column::TokenHash.eq(hash(&login.refresh_token)))
-        .one(&db)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = refresh_row(&app.db, &login.session_id).await;
     // Trying the token would rotate it while still valid, so wait on the clock instead.
     eventually(
         Duration::from_secs(10),
@@ -450,6 +522,124 @@ async fn disabling_a_user_revokes_their_sessions(backend: Backend) {
         .await;
 }
 
+/// The rotation itself checks the user: a user marked disabled (here by hand, without the
+/// revocations `authd user disable` adds) refreshes no more.
+async fn a_disabled_user_cannot_refresh_even_before_their_sessions_are_revoked(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let session = app.user_with_session("alice@example.com").await;
+    let conn = Database::connect(app.db.url()).await.unwrap();
+    conn.execute_raw(Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        "UPDATE users SET disabled_at = $1",
+        [authd::store::now().into()],
+    ))
+    .await
+    .unwrap();
+    let status = refresh(&app.client, &session.refresh_token)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+/// One login attempt: when it started and ended, and the session it opened, if any.
+type Attempt = (Instant, Instant, Option<authd::proto::LoginResponse>);
+
+/// Logins of one user keep coming from several tasks while `authd ARGS` runs in another
+/// process. Once the command has returned, no session of the user works, whichever side of
+/// the command its login fell on.
+async fn no_login_racing_a_user_command_outlives_it(backend: Backend, args: &[&str], stdin: &str) {
+    let settings = [POLL[0], ("AUTH_LOGIN_FREE_ATTEMPTS", "1000")];
+    let app = TestApp::spawn_with(backend, &settings).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::<Attempt>::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop, attempts) = (app.client.clone(), stop.clone(), attempts.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let session = match login(&client, "alice@example.com", PASSWORD).await {
+                        Ok(session) => Some(session),
+                        Err(status) => {
+                            assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+                            None
+                        }
+                    };
+                    attempts
+                        .lock()
+                        .unwrap()
+                        .push((started, Instant::now(), session));
+                }
+            })
+        })
+        .collect();
+    let count_started_after = |moment: Instant| {
+        let attempts = attempts.lock().unwrap();
+        attempts
+            .iter()
+            .filter(|(start, ..)| *start > moment)
+            .count()
+    };
+    let test_started = Instant::now();
+    eventually(Duration::from_secs(10), "logins under way", || async {
+        (count_started_after(test_started) >= 8).then_some(())
+    })
+    .await;
+    let command_started = Instant::now();
+    let output = run_authd(&app.db, args, stdin).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let command_returned = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "logins after the command",
+        || async { (count_started_after(command_returned) >= 8).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let attempts = std::mem::take(&mut *attempts.lock().unwrap());
+    let overlapped = attempts
+        .iter()
+        .any(|(start, end, _)| *start < command_returned && *end > command_started);
+    assert!(
+        overlapped,
+        "no login overlapped the command: the test proved nothing"
+    );
+    let sessions: Vec<_> = attempts.into_iter().filter_map(|(.., s)| s).collect();
+    assert!(
+        !sessions.is_empty(),
+        "no login succeeded before the command"
+    );
+    for session in &sessions {
+        common::assert_session_revoked(&app.client, &session.refresh_token, &session.access_token)
+            .await;
+    }
+}
+
+async fn no_login_racing_user_disable_outlives_it(backend: Backend) {
+    let args = ["user", "disable", "alice@example.com"];
+    no_login_racing_a_user_command_outlives_it(backend, &args, "").await;
+}
+
+async fn no_login_racing_user_set_password_outlives_it(backend: Backend) {
+    let args = [
+        "user",
+        "set-password",
+        "alice@example.com",
+        "--password-stdin",
+    ];
+    let new_password = "a new passphrase nobody else knows\n";
+    no_login_racing_a_user_command_outlives_it(backend, &args, new_password).await;
+}
+
 async fn the_database_never_holds_a_raw_refresh_token(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let first = app.user_with_session("alice@example.com").await;
@@ -462,6 +652,11 @@ async fn the_database_never_holds_a_raw_refresh_token(backend: Backend) {
         &first.refresh_token,
         &second.refresh_token,
         &other.refresh_token,
+    ];
+    // The sessions' current tokens, whose secrets' hashes the rows hold.
+    let current = [
+        token_parts(&app.db, &second.refresh_token),
+        token_parts(&app.db, &other.refresh_token),
     ];
 
     let db = app.stop().await;
@@ -492,24 +687,31 @@ async fn the_database_never_holds_a_raw_refresh_token(backend: Backend) {
         }
     };
     assert!(!stored.is_empty());
+    // Bytes as each backend keeps them: raw in SQLite's pages, hex in PostgreSQL's text.
+    let as_stored = |bytes: &[u8]| match db.backend() {
+        Backend::Sqlite => bytes.to_vec(),
+        Backend::Postgres => bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    };
+    let holds = |bytes: &[u8]| stored.windows(bytes.len()).any(|w| w == bytes);
     for token in raw_tokens {
-        let found = stored.windows(token.len()).any(|w| w == token.as_bytes());
-        assert!(!found, "a raw refresh token is stored");
-        // Its hash is there, so the search did look at the right rows.
-        let hashed = hash(token);
-        let as_stored = match db.backend() {
-            Backend::Sqlite => hashed,
-            Backend::Postgres => hashed
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                .into_bytes(),
-        };
-        assert!(
-            stored.windows(as_stored.len()).any(|w| w == as_stored),
-            "its hash is stored"
-        );
+        assert!(!holds(token.as_bytes()), "a raw refresh token is stored");
+        let secret = secret_of(token);
+        assert!(!holds(&as_stored(&secret)), "a token's secret is stored");
     }
+    for parts in current {
+        // Its hash is there, so the search did look at the right rows.
+        assert!(holds(&as_stored(&parts.secret_hash)), "its hash is stored");
+    }
+}
+
+/// The 32-byte secret inside a sealed token (after its format byte, session and generation).
+fn secret_of(token: &str) -> Vec<u8> {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    URL_SAFE_NO_PAD.decode(token).unwrap()[25..57].to_vec()
 }
 
 /// A refresh or login that cannot get its lock within `AUTH_DB_LOCK_TIMEOUT` (another writer

@@ -1,13 +1,16 @@
-//! Arbitrary bytes as a refresh token: parsing never panics and gives a documented answer.
+//! Arbitrary bytes as a refresh token: parsing and opening never panic, give a documented
+//! answer, and no forged token opens as a sealed one.
 #![no_main]
 
-use authd::auth::{AuthError, RefreshToken};
+use authd::auth::{AuthError, Opened, RefreshKey, RefreshToken};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let raw = String::from_utf8_lossy(data).into_owned();
-    match RefreshToken::parse(raw) {
-        Ok(token) => assert_eq!(token.expose().len(), 43),
+    let key = RefreshKey::new([7; 32]);
+    match RefreshToken::parse(raw).and_then(|token| key.open(&token)) {
+        Ok(Opened::Legacy(_)) => assert_eq!(data.len(), 43),
+        Ok(Opened::Sealed(_)) => panic!("a token with a forged tag opened"),
         Err(AuthError::InvalidArgument { .. } | AuthError::RefreshTokenInvalid) => {}
         Err(other) => panic!("undocumented error {other:?}"),
     }

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_tables;
 mod m20261126_000002_login_attempts;
+mod m20261201_000003_sessions_on_one_row;
 
 /// Every migration of authd, oldest first.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261126_000001_create_tables::Migration),
             Box::new(m20261126_000002_login_attempts::Migration),
+            Box::new(m20261201_000003_sessions_on_one_row::Migration),
         ]
     }
 }

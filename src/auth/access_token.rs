@@ -84,8 +84,8 @@ pub enum KeyError {
     Jwk(#[source] jsonwebtoken::errors::Error),
     /// No key file is configured and there is no SQLite folder to keep a generated one in.
     #[error(
-        "AUTH_SIGNING_KEY_FILE must be set when the database is not an SQLite file \
-         (every replica must sign with the same key)"
+        "the key file must be set when the database is not an SQLite file \
+         (every replica must use the same key)"
     )]
     NoKeyLocation,
 }

@@ -11,6 +11,7 @@ mod access_token;
 mod credentials;
 mod error;
 mod password;
+mod refresh;
 mod refresh_token;
 mod revocation;
 mod throttle;
@@ -27,15 +28,19 @@ pub use access_token::{
 pub use credentials::{Email, Password};
 pub use error::AuthError;
 pub use password::{PasswordHasher, Verification};
-pub use refresh_token::{RefreshToken, SuccessorKey};
+pub use refresh::Lifetimes;
+pub use refresh_token::{
+    LegacySecret, Opened, RefreshKey, RefreshToken, SessionSecret, SuccessorKey,
+};
 pub use revocation::RevokedSessions;
-pub use throttle::{AddressThrottle, Backoff};
+pub use throttle::{AddressThrottle, Backoff, FAILURE_MEMORY};
 pub use verified::VerifiedTokens;
 
 use crate::{
     config::Config,
-    store::{self, Lifetimes, NewSession, RevokedReason, Rotation, Store, TokenRecord},
+    store::{self, FIRST_GENERATION, NewSession, RevokedReason, Store},
 };
+use refresh_token::random_secret;
 
 /// User administration for the CLI: needs the store and the hasher, not the token keys.
 #[derive(Debug)]
@@ -111,6 +116,7 @@ pub struct Authenticator {
     store: Store,
     hasher: PasswordHasher,
     keys: TokenKeys,
+    refresh_key: RefreshKey,
     verified: VerifiedTokens,
     revoked: Arc<RevokedSessions>,
     access_token_ttl: Duration,
@@ -120,8 +126,8 @@ pub struct Authenticator {
     grace: Option<ReuseGrace>,
 }
 
-/// `AUTH_REFRESH_REUSE_GRACE`: a retry with the parent of a session's newest token, within
-/// `window` of its rotation, gets that same newest token back.
+/// `AUTH_REFRESH_REUSE_GRACE`: one retry with the parent of a session's newest token, within
+/// `window` of its rotation, gets that same newest token back; a second one is reuse.
 #[derive(Debug)]
 pub struct ReuseGrace {
     /// How long after a rotation a retry with the old token is forgiven.
@@ -136,6 +142,7 @@ impl Authenticator {
         config: &Config,
         store: Store,
         keys: TokenKeys,
+        refresh_key: RefreshKey,
         hasher: PasswordHasher,
         revoked: Arc<RevokedSessions>,
         grace: Option<ReuseGrace>,
@@ -144,6 +151,7 @@ impl Authenticator {
             store,
             hasher,
             keys,
+            refresh_key,
             verified: VerifiedTokens::new(config.validate_cache_size, config.jwt_leeway),
             revoked,
             access_token_ttl: config.access_token_ttl,
@@ -210,34 +218,49 @@ impl Authenticator {
         if account_block.is_some() {
             self.store.clear_login_failures(email.as_str()).await?;
         }
+        let mut verified_hash = user.password_hash.clone();
         if let Verification::MatchRehashed(new_hash) = verification {
             // Conditional on the old hash, so a concurrent password change is never undone.
-            self.store
+            let replaced = self
+                .store
                 .replace_password_hash(user.id, &user.password_hash, &new_hash)
                 .await?;
-            audit!(event = "password_rehashed", user_id = %user.id);
+            if replaced {
+                audit!(event = "password_rehashed", user_id = %user.id);
+                verified_hash = new_hash;
+            }
         }
 
         let now = store::now();
-        let refresh_token = RefreshToken::generate()?;
-        let token_expires_at = self.lifetimes.token_expiry(now, now);
+        let secret = random_secret()?;
+        let expires_at = self
+            .lifetimes
+            .token_expiry(now)
+            .min(self.lifetimes.session_end(now));
         let session = NewSession {
             session_id: Uuid::new_v4(),
             user_id: user.id,
+            verified_hash,
             created_at: now,
-            expires_at: token_expires_at,
-            token_hash: refresh_token.hash(),
-            token_expires_at,
+            secret_hash: refresh::secret_hash(&secret),
+            expires_at,
         };
-        self.store.create_session(&session).await?;
+        if !self.store.create_session(&session).await? {
+            // Disabled, or its password changed, while this login was hashing: that wins.
+            audit!(event = "login_superseded", user_id = %user.id);
+            crate::metrics::login_failed();
+            return Err(AuthError::InvalidCredentials);
+        }
         audit!(event = "login", user_id = %user.id, session_id = %session.session_id);
         let issued = Issued {
             user_id: user.id,
             email: &user.email,
             session_id: session.session_id,
             now,
-            refresh_token,
-            refresh_expires_at: token_expires_at,
+            refresh_token: self
+                .refresh_key
+                .seal(session.session_id, FIRST_GENERATION, &secret),
+            refresh_expires_at: expires_at,
         };
         self.issue(issued)
     }
@@ -267,129 +290,6 @@ impl Authenticator {
         Ok(claims)
     }
 
-    /// Trades a refresh token for a new pair in the same session. A token presented twice
-    /// revokes its session.
-    #[tracing::instrument(skip_all)]
-    pub async fn refresh(&self, token: RefreshToken) -> Result<IssuedTokens, AuthError> {
-        let now = store::now();
-        let successor = match &self.grace {
-            Some(grace) => grace.key.successor_of(&token),
-            None => RefreshToken::generate()?,
-        };
-        let rotation = self
-            .store
-            .rotate_refresh_token(&token.hash(), &successor.hash(), now, self.lifetimes)
-            .await?;
-        match rotation {
-            Rotation::Rotated {
-                session_id,
-                user_id,
-                email,
-                expires_at,
-            } => {
-                audit!(event = "refresh", %user_id, %session_id);
-                self.issue(Issued {
-                    user_id,
-                    email: &email,
-                    session_id,
-                    now,
-                    refresh_token: successor,
-                    refresh_expires_at: expires_at,
-                })
-            }
-            Rotation::SessionRevoked => Err(AuthError::SessionRevoked),
-            Rotation::SessionExpired => Err(AuthError::SessionExpired),
-            Rotation::NotCurrent => self.not_current(&token, now).await,
-        }
-    }
-
-    /// A token that did not rotate: a forgiven retry within the reuse grace, or the reason it
-    /// is refused. A reused token revokes its session.
-    async fn not_current(
-        &self,
-        presented: &RefreshToken,
-        now: DateTime<Utc>,
-    ) -> Result<IssuedTokens, AuthError> {
-        let Some(TokenRecord { token, session }) =
-            self.store.token_record(&presented.hash()).await?
-        else {
-            return Err(AuthError::RefreshTokenInvalid);
-        };
-        if let Some(used_at) = token.used_at {
-            if let Some(again) = self
-                .grace_retry(presented, &token, &session, used_at, now)
-                .await?
-            {
-                return Ok(again);
-            }
-            let newly = self.revoke(session.id, RevokedReason::Reuse).await?;
-            crate::metrics::refresh_token_reused();
-            tracing::warn!(
-                target: "audit",
-                event = "refresh_token_reused",
-                user_id = %session.user_id,
-                session_id = %session.id,
-                newly_revoked = newly,
-                "refresh token reuse detected: session revoked"
-            );
-            return Err(AuthError::RefreshTokenReused);
-        }
-        let session_over = self.lifetimes.session_end(session.created_at) <= now;
-        Err(if session.revoked_at.is_some() {
-            AuthError::SessionRevoked
-        } else if session_over {
-            AuthError::SessionExpired
-        } else if token.expires_at <= now {
-            AuthError::RefreshTokenExpired
-        } else if session.expires_at <= now {
-            AuthError::SessionExpired
-        } else {
-            // The conditional update and this read disagree: not expected on either backend.
-            AuthError::Internal("a current refresh token failed to rotate".into())
-        })
-    }
-
-    /// Hands out again the successor of `presented` when the grace allows it: the token was
-    /// rotated within the window, its successor is still the session's newest token, and the
-    /// session is alive. Nothing is written: no new refresh token is minted.
-    async fn grace_retry(
-        &self,
-        presented: &RefreshToken,
-        token: &store::entity::refresh_token::Model,
-        session: &store::entity::session::Model,
-        used_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<IssuedTokens>, AuthError> {
-        let Some(grace) = &self.grace else {
-            return Ok(None);
-        };
-        if now - used_at > grace.window || session.revoked_at.is_some() || session.expires_at <= now
-        {
-            return Ok(None);
-        }
-        let Some(successor_row) = self.store.successor_of(token.id).await? else {
-            return Ok(None);
-        };
-        let successor = grace.key.successor_of(presented);
-        let newest = successor_row.used_at.is_none() && successor_row.expires_at > now;
-        if !newest || successor_row.token_hash != successor.hash() {
-            return Ok(None);
-        }
-        let Some(user) = self.store.user_by_id(session.user_id).await? else {
-            return Ok(None);
-        };
-        audit!(event = "refresh_retried", user_id = %user.id, session_id = %session.id);
-        self.issue(Issued {
-            user_id: user.id,
-            email: &user.email,
-            session_id: session.id,
-            now,
-            refresh_token: successor,
-            refresh_expires_at: successor_row.expires_at,
-        })
-        .map(Some)
-    }
-
     /// Revokes the session of `token`, or every session of its user. Unknown, malformed,
     /// expired and already revoked tokens succeed silently: logout is idempotent.
     #[tracing::instrument(skip(self, token))]
@@ -403,33 +303,48 @@ impl Authenticator {
             Err(AuthError::RefreshTokenInvalid) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Some(TokenRecord { session, .. }) = self.store.token_record(&token.hash()).await?
-        else {
-            return Ok(());
+        // A sealed token names its session once its tag checks out: no query needed.
+        let session_id = match self.refresh_key.open(&token) {
+            Ok(Opened::Sealed(secret)) => secret.session_id,
+            Ok(Opened::Legacy(legacy)) => match self.store.legacy_token(&legacy.hash()).await? {
+                Some(found) => found.session_id,
+                None => return Ok(()),
+            },
+            Err(AuthError::RefreshTokenInvalid) => return Ok(()),
+            Err(e) => return Err(e),
         };
         if all_sessions {
             let now = store::now();
             let revoked = self
                 .store
-                .revoke_user_sessions(session.user_id, RevokedReason::Logout, now)
+                .revoke_sessions_of_owner(session_id, RevokedReason::Logout, now)
                 .await?;
-            for session_id in &revoked {
+            let Some((user_id, sessions)) = revoked else {
+                return Ok(());
+            };
+            // Ours may have been revoked before; it must be refused here all the same.
+            for session_id in sessions.iter().chain([&session_id]) {
                 self.revoked.insert(*session_id, now);
             }
-            audit!(event = "logout_all", user_id = %session.user_id, sessions = revoked.len());
+            audit!(event = "logout_all", %user_id, sessions = sessions.len());
         } else {
-            self.revoke(session.id, RevokedReason::Logout).await?;
-            audit!(event = "logout", user_id = %session.user_id, session_id = %session.id);
+            let user_id = self.revoke(session_id, RevokedReason::Logout).await?;
+            audit!(event = "logout", user_id = ?user_id, %session_id);
         }
         Ok(())
     }
 
-    /// Revokes one session in the database and, at once, for Validate on this replica.
-    async fn revoke(&self, session_id: Uuid, reason: RevokedReason) -> Result<bool, AuthError> {
+    /// Revokes one session in the database and, at once, for Validate on this replica; the
+    /// owner, if this call revoked it.
+    async fn revoke(
+        &self,
+        session_id: Uuid,
+        reason: RevokedReason,
+    ) -> Result<Option<Uuid>, AuthError> {
         let now = store::now();
-        let newly = self.store.revoke_session(session_id, reason, now).await?;
+        let owner = self.store.revoke_session(session_id, reason, now).await?;
         self.revoked.insert(session_id, now);
-        Ok(newly)
+        Ok(owner)
     }
 
     fn issue(&self, issued: Issued<'_>) -> Result<IssuedTokens, AuthError> {

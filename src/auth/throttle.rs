@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 
 /// Failures are forgotten after this long without a new one.
-pub(super) const FAILURE_MEMORY: TimeDelta = TimeDelta::hours(24);
+pub const FAILURE_MEMORY: TimeDelta = TimeDelta::hours(24);
 
 /// At most this many addresses are tracked; past it, the quietest are forgotten first.
 const MAX_TRACKED_ADDRESSES: usize = 100_000;

@@ -1,22 +1,27 @@
-//! SQLite's refresh-token rotations, on a thread that owns a connection of its own.
+//! SQLite's rotations, on a thread that owns a connection of its own.
 //!
 //! sqlx runs each SQLite statement on a worker thread and hands the result back to the async
-//! runtime: about four thread switches per statement, which made one rotation cost 0.7 ms of
-//! CPU and held Refresh near 1,100/s, a quarter of what SQLite commits (BENCHMARKS.md). Here
-//! one thread takes every rotation waiting in line and runs them in one transaction, each in
-//! a savepoint of its own, with one commit (and one fsync) for the batch: one hand-off per
-//! batch instead of four per statement. The statements are the ones
-//! [`super::Store::rotate_refresh_token`] sends PostgreSQL, on the same columns and encodings.
+//! runtime, and each transaction commits (and fsyncs) on its own: Refresh stayed near 1,100/s,
+//! a fraction of what SQLite commits (BENCHMARKS.md). Here one thread takes every rotation
+//! waiting in line and runs them in one transaction with one commit (one fsync) for the batch.
+//!
+//! It runs the very statements the pool runs ([`super::rotation`]): the same text and the
+//! same values. This file only binds `sea_orm::Value`s the way sqlx's SQLite driver encodes
+//! them, and reads the returned columns the way it decodes them.
 
 use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use sea_orm::DbErr;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, types::Value as Sql};
+use sea_orm::{DbErr, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Lifetimes, Rotation, StoreError, WriteTurn, unavailable};
+use super::{
+    StoreError, WriteTurn,
+    rotation::{ReturnedRow, Returning, Rotated},
+    unavailable,
+};
 
 /// Rotations taken into one transaction at most: a batch holds the write lock, so this bounds
 /// how long other writers wait.
@@ -31,13 +36,10 @@ pub(super) struct RotationWriter {
     jobs: mpsc::Sender<Job>,
 }
 
-/// One rotation to run, and where its outcome goes.
+/// One statement to run, and where its outcome goes.
 struct Job {
-    old_hash: [u8; 32],
-    new_hash: [u8; 32],
-    now: DateTime<Utc>,
-    lifetimes: Lifetimes,
-    outcome: oneshot::Sender<Result<Rotation, StoreError>>,
+    statement: Returning,
+    outcome: oneshot::Sender<Result<Option<Rotated>, StoreError>>,
 }
 
 impl RotationWriter {
@@ -53,24 +55,11 @@ impl RotationWriter {
         Ok(Self { jobs })
     }
 
-    /// Queues one rotation and waits for its outcome.
-    pub(super) async fn rotate(
-        &self,
-        old_hash: &[u8; 32],
-        new_hash: &[u8; 32],
-        now: DateTime<Utc>,
-        lifetimes: Lifetimes,
-    ) -> Result<Rotation, StoreError> {
+    /// Queues one statement and waits for the row it returned, if any.
+    pub(super) async fn run(&self, statement: Returning) -> Result<Option<Rotated>, StoreError> {
         let (outcome, answer) = oneshot::channel();
-        let job = Job {
-            old_hash: *old_hash,
-            new_hash: *new_hash,
-            now,
-            lifetimes,
-            outcome,
-        };
         self.jobs
-            .send(job)
+            .send(Job { statement, outcome })
             .await
             .map_err(|_| unavailable("the SQLite writer has stopped".into()))?;
         answer
@@ -110,7 +99,7 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, turn: &WriteTurn) {
         if batch.is_empty() {
             continue;
         }
-        let outcomes = rotate_batch(&mut conn, &batch);
+        let outcomes = run_batch(&mut conn, &batch);
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             // The caller may have gone since; its rotation stands, as after any commit.
             let _ = job.outcome.send(outcome);
@@ -118,22 +107,15 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Job>, turn: &WriteTurn) {
     }
 }
 
-/// Runs the batch in one transaction; a rotation that does not complete is rolled back to its
-/// savepoint without touching the others. If the commit fails, every rotation fails.
-fn rotate_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<Rotation, StoreError>> {
-    let mut run = || -> rusqlite::Result<Vec<Result<Rotation, StoreError>>> {
-        let mut txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for job in batch {
-            let savepoint = txn.savepoint()?;
-            let outcome = rotate(&savepoint, job);
-            if matches!(outcome, Ok(Rotation::Rotated { .. })) {
-                savepoint.commit()?;
-            } else {
-                savepoint.finish()?; // rolls back to the savepoint, then releases it
-            }
-            outcomes.push(outcome);
-        }
+/// Runs the batch in one transaction. Each statement is atomic on its own, so one that
+/// fails leaves the others be; if the commit fails, every one of them fails.
+fn run_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<Option<Rotated>, StoreError>> {
+    let mut run = || -> rusqlite::Result<Vec<Result<Option<Rotated>, StoreError>>> {
+        let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let outcomes = batch
+            .iter()
+            .map(|job| query_one(&txn, &job.statement))
+            .collect();
         txn.commit()?;
         Ok(outcomes)
     };
@@ -147,96 +129,60 @@ fn rotate_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<Rotation, St
     }
 }
 
-/// One rotation, as [`super::Store::rotate_refresh_token`] does it on PostgreSQL.
-fn rotate(conn: &Connection, job: &Job) -> Result<Rotation, StoreError> {
-    let now = timestamp(job.now);
-    let claimed = conn
-        .prepare_cached(
-            "UPDATE refresh_tokens SET used_at = ?1 \
-             WHERE token_hash = ?2 AND used_at IS NULL AND expires_at > ?1 \
-             RETURNING id, session_id",
-        )?
-        .query_row(params![now, job.old_hash], |row| {
-            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })
-        .optional()?;
-    let Some((token_id, session_id)) = claimed else {
-        return Ok(Rotation::NotCurrent);
-    };
-    let session = conn
-        .prepare_cached(
-            "SELECT s.created_at, s.user_id, u.email \
-             FROM sessions s LEFT JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
-        )?
-        .query_row(params![session_id], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, Vec<u8>>(1)?,
-                row.get::<_, Option<String>>(2)?,
-            ))
-        })
-        .optional()?;
-    let Some((created_at, user_id, email)) = session else {
-        return Err(super::missing("session of a refresh token"));
-    };
-    let expires_at = job
-        .lifetimes
-        .token_expiry(job.now, parse_timestamp(&created_at)?);
-    let alive = conn
-        .prepare_cached(
-            "UPDATE sessions SET last_refreshed_at = ?1, expires_at = ?2 \
-             WHERE id = ?3 AND revoked_at IS NULL AND expires_at > ?1",
-        )?
-        .execute(params![now, timestamp(expires_at), session_id])?;
-    if alive == 0 || expires_at <= job.now {
-        let revoked: Option<Option<String>> = conn
-            .prepare_cached("SELECT revoked_at FROM sessions WHERE id = ?1")?
-            .query_row(params![session_id], |row| row.get(0))
-            .optional()?;
-        return Ok(match revoked {
-            Some(None) => Rotation::SessionExpired,
-            _ => Rotation::SessionRevoked,
-        });
+/// Runs one statement, binding each `$N` to the N-th value as sqlx does.
+fn query_one(conn: &Connection, statement: &Returning) -> Result<Option<Rotated>, StoreError> {
+    let mut prepared = conn.prepare_cached(statement.sql)?;
+    for index in 1..=prepared.parameter_count() {
+        let number = prepared
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok());
+        let value = number
+            .and_then(|n| statement.values.get(n.checked_sub(1)?))
+            .ok_or_else(|| broken(format!("unbound parameter {index} in {}", statement.sql)))?;
+        prepared.raw_bind_parameter(index, sqlite_value(value)?)?;
     }
-    let Some(email) = email else {
-        return Err(super::missing("session user"));
+    let mut rows = prepared.raw_query();
+    let Some(row) = rows.next()? else {
+        return Ok(None);
     };
-    let expires = timestamp(expires_at);
-    conn.prepare_cached(
-        "INSERT INTO refresh_tokens \
-         (id, session_id, parent_id, token_hash, created_at, expires_at, used_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
-    )?
-    .execute(params![
-        Uuid::new_v4().as_bytes(),
-        session_id,
-        token_id,
-        job.new_hash,
-        now,
-        expires
-    ])?;
-    Ok(Rotation::Rotated {
-        expires_at,
-        session_id: uuid(&session_id)?,
-        user_id: uuid(&user_id)?,
-        email,
+    Rotated::read(row).map(Some)
+}
+
+/// A value as sqlx's SQLite driver writes it, so the statements compare it with the rows the
+/// pool wrote: UUIDs as 16-byte blobs, timestamps as RFC 3339 text, booleans as 0 and 1.
+fn sqlite_value(value: &Value) -> Result<Sql, StoreError> {
+    Ok(match value {
+        Value::Uuid(Some(id)) => Sql::Blob(id.as_bytes().to_vec()),
+        Value::ChronoDateTimeUtc(Some(at)) => Sql::Text(timestamp(*at)),
+        Value::Bytes(Some(bytes)) => Sql::Blob(bytes.clone()),
+        Value::BigInt(Some(n)) => Sql::Integer(*n),
+        Value::Bool(Some(b)) => Sql::Integer(i64::from(*b)),
+        Value::String(Some(text)) => Sql::Text(text.clone()),
+        other => return Err(broken(format!("no SQLite encoding for {other:?}"))),
     })
 }
 
-/// A timestamp as sqlx writes `DateTime<Utc>` to SQLite, so that the text comparisons in the
-/// statements (`expires_at > ?`) order it with the rows the pool wrote.
 fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
-fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|e| broken(format!("bad timestamp {text:?}: {e}")))
-}
+impl ReturnedRow for rusqlite::Row<'_> {
+    fn uuid(&self, index: usize) -> Result<Uuid, StoreError> {
+        let bytes: Vec<u8> = self.get(index)?;
+        Uuid::from_slice(&bytes).map_err(|e| broken(format!("bad uuid column: {e}")))
+    }
 
-fn uuid(bytes: &[u8]) -> Result<Uuid, StoreError> {
-    Uuid::from_slice(bytes).map_err(|e| broken(format!("bad uuid column: {e}")))
+    fn text(&self, index: usize) -> Result<String, StoreError> {
+        Ok(self.get(index)?)
+    }
+
+    fn timestamp(&self, index: usize) -> Result<DateTime<Utc>, StoreError> {
+        let text: String = self.get(index)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(|e| broken(format!("bad timestamp {text:?}: {e}")))
+    }
 }
 
 /// A failure that retrying will not cure (a bug, a broken schema, a full disk).
@@ -262,5 +208,55 @@ impl From<rusqlite::Error> for StoreError {
             Some(DatabaseBusy | DatabaseLocked) => unavailable(err.to_string()),
             _ => broken(err.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's encodings are sqlx's: a value it binds compares equal to the same value
+    /// written through the pool.
+    #[tokio::test]
+    async fn values_bind_as_the_pool_writes_them() {
+        use sea_orm::{ConnectionTrait as _, Database, Statement};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("encodings.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = Database::connect(&url).await.unwrap();
+        let backend = pool.get_database_backend();
+        pool.execute_unprepared("CREATE TABLE t (u BLOB, at TEXT, b BLOB, n INTEGER, f INTEGER)")
+            .await
+            .unwrap();
+        let at = super::super::now();
+        let values: Vec<Value> = vec![
+            Uuid::new_v4().into(),
+            at.into(),
+            vec![1u8, 2, 3].into(),
+            42i64.into(),
+            true.into(),
+        ];
+        pool.execute_raw(Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO t VALUES ($1, $2, $3, $4, $5)",
+            values.clone(),
+        ))
+        .await
+        .unwrap();
+        pool.close().await.unwrap();
+
+        let conn = Connection::open(&path).unwrap();
+        let mut query = conn
+            .prepare(
+                "SELECT count(*) FROM t WHERE u = ?1 AND at = ?2 AND b = ?3 AND n = ?4 AND f = ?5",
+            )
+            .unwrap();
+        for (index, value) in values.iter().enumerate() {
+            query
+                .raw_bind_parameter(index + 1, sqlite_value(value).unwrap())
+                .unwrap();
+        }
+        let matching: i64 = query.raw_query().next().unwrap().unwrap().get(0).unwrap();
+        assert_eq!(matching, 1);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod rows;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
 
@@ -83,15 +84,14 @@ pub fn settings(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, Strin
         ("AUTH_DATABASE_URL".to_owned(), db.url().to_owned()),
     ];
     if let Some(key) = db.key_file() {
-        let grace_key = key.with_file_name("refresh_grace_key.pem");
-        vars.push((
-            "AUTH_SIGNING_KEY_FILE".to_owned(),
-            key.display().to_string(),
-        ));
-        vars.push((
-            "AUTH_REFRESH_GRACE_KEY_FILE".to_owned(),
-            grace_key.display().to_string(),
-        ));
+        for (variable, file) in [
+            ("AUTH_SIGNING_KEY_FILE", "signing_key.pem"),
+            ("AUTH_REFRESH_KEY_FILE", "refresh_key.pem"),
+            ("AUTH_REFRESH_GRACE_KEY_FILE", "refresh_grace_key.pem"),
+        ] {
+            let path = key.with_file_name(file);
+            vars.push((variable.to_owned(), path.display().to_string()));
+        }
     }
     vars.extend(
         FAST_ARGON2

@@ -1,19 +1,21 @@
 use sea_orm::entity::prelude::*;
 
+/// A session's rotating credential: one row per session, rewritten by every rotation.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "refresh_tokens")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub id: Uuid,
     pub session_id: Uuid,
-    /// The token this one replaced; `None` for a session's first token.
-    pub parent_id: Option<Uuid>,
-    /// SHA-256 of the raw token.
-    pub token_hash: Vec<u8>,
-    pub created_at: DateTimeUtc,
+    /// How many rotations the session has had (0: its token is from before the upgrade).
+    pub generation: i64,
+    /// SHA-256 of the current token's secret.
+    pub secret_hash: Vec<u8>,
+    /// When the current token was issued.
+    pub rotated_at: DateTimeUtc,
+    /// When the current token expires (the session's absolute end applies on top).
     pub expires_at: DateTimeUtc,
-    /// Set when the token was traded for its successor.
-    pub used_at: Option<DateTimeUtc>,
+    /// Whether the previous token's one reuse-grace retry has been spent.
+    pub retried: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,215 @@
+//! Users and their failed logins: the queries of login, the CLI and user administration.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
+use uuid::Uuid;
+
+use super::{
+    Store, StoreError,
+    entity::{login_attempt, session, user},
+    missing, now,
+    sessions::{RevokedReason, revoke_sessions_where},
+};
+
+impl Store {
+    /// The user with this (normalised) email.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<user::Model>, StoreError> {
+        Ok(user::Entity::find()
+            .filter(user::Column::Email.eq(email))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Adds a user; [`StoreError::EmailTaken`] if the email exists.
+    #[tracing::instrument(skip(self, password_hash), level = "debug")]
+    pub async fn insert_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<user::Model, StoreError> {
+        let _turn = self.write_turn().await?;
+        let now = now();
+        let model = user::Model {
+            id: Uuid::new_v4(),
+            email: email.to_owned(),
+            password_hash: password_hash.to_owned(),
+            disabled_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let active = user::ActiveModel {
+            id: Set(model.id),
+            email: Set(model.email.clone()),
+            password_hash: Set(model.password_hash.clone()),
+            disabled_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        match user::Entity::insert(active)
+            .exec_without_returning(&self.db)
+            .await
+        {
+            Ok(_) => Ok(model),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(StoreError::EmailTaken)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Until when logins for `email` are blocked, if a failure was ever recorded for it.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn login_blocked_until(
+        &self,
+        email: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(login_attempt::Entity::find_by_id(email.to_owned())
+            .one(&self.db)
+            .await?
+            .map(|row| row.blocked_until))
+    }
+
+    /// Counts a failed login for `email` (forgetting failures before `forget_before`) and
+    /// blocks it for `delay(failures)`; returns the new count.
+    #[tracing::instrument(skip(self, delay), level = "debug")]
+    pub async fn record_login_failure(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+        delay: impl Fn(u32) -> TimeDelta,
+    ) -> Result<u32, StoreError> {
+        let _turn = self.write_turn().await?;
+        use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
+        let txn = self.db.begin().await?;
+        // One atomic increment, whatever other replicas do at the same moment.
+        let count = Expr::case(
+            Expr::col((login_attempt::Entity, login_attempt::Column::LastFailureAt))
+                .lt(forget_before),
+            1,
+        )
+        .finally(Expr::col((login_attempt::Entity, login_attempt::Column::Failures)).add(1));
+        login_attempt::Entity::insert(login_attempt::ActiveModel {
+            email: Set(email.to_owned()),
+            failures: Set(1),
+            last_failure_at: Set(now),
+            blocked_until: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(login_attempt::Column::Email)
+                .value(login_attempt::Column::Failures, count)
+                .value(login_attempt::Column::LastFailureAt, now)
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+        let Some(row) = login_attempt::Entity::find_by_id(email.to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Err(missing("login attempt just written"));
+        };
+        let failures = u32::try_from(row.failures).unwrap_or(0);
+        let blocked_until = now
+            .checked_add_signed(delay(failures))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        login_attempt::Entity::update_many()
+            .col_expr(login_attempt::Column::BlockedUntil, blocked_until.into())
+            .filter(login_attempt::Column::Email.eq(email))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(failures)
+    }
+
+    /// Forgets the failed logins of `email` (after a success).
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn clear_login_failures(&self, email: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
+        login_attempt::Entity::delete_by_id(email.to_owned())
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise.
+    #[tracing::instrument(skip(self, old_hash, new_hash), level = "debug")]
+    pub async fn replace_password_hash(
+        &self,
+        user_id: Uuid,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, new_hash.into())
+            .col_expr(user::Column::UpdatedAt, now().into())
+            .filter(user::Column::Id.eq(user_id))
+            .filter(user::Column::PasswordHash.eq(old_hash))
+            .exec(&self.db)
+            .await?
+            .rows_affected;
+        Ok(updated == 1)
+    }
+
+    /// Sets a user's password hash and revokes all their sessions, in one transaction; `None` if
+    /// no user has that email.
+    #[tracing::instrument(skip(self, password_hash), level = "debug")]
+    pub async fn set_password(
+        &self,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let _turn = self.write_turn().await?;
+        let now = now();
+        let txn = self.db.begin().await?;
+        let updated = user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, password_hash.into())
+            .col_expr(user::Column::UpdatedAt, now.into())
+            .filter(user::Column::Email.eq(email))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        let user = user::Entity::find()
+            .filter(user::Column::Email.eq(email))
+            .one(&txn)
+            .await?;
+        let Some(user) = user.filter(|_| updated == 1) else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let reason = RevokedReason::PasswordChanged;
+        revoke_sessions_where(&txn, session::Column::UserId.eq(user.id), reason, now).await?;
+        txn.commit().await?;
+        Ok(Some(user.id))
+    }
+
+    /// Marks a user disabled and revokes all their sessions, in one transaction; `None` if no
+    /// user has that email.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn disable_user(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
+        let _turn = self.write_turn().await?;
+        let Some(user) = self.user_by_email(email).await? else {
+            return Ok(None);
+        };
+        let now = now();
+        let txn = self.db.begin().await?;
+        user::Entity::update_many()
+            .col_expr(user::Column::DisabledAt, now.into())
+            .col_expr(user::Column::UpdatedAt, now.into())
+            .filter(user::Column::Id.eq(user.id))
+            .filter(user::Column::DisabledAt.is_null())
+            .exec(&txn)
+            .await?;
+        revoke_sessions_where(
+            &txn,
+            session::Column::UserId.eq(user.id),
+            RevokedReason::UserDisabled,
+            now,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some(user.id))
+    }
+}
