@@ -4,8 +4,9 @@
 #   scripts/bench.sh sqlite|postgres [phase...]
 #
 # Phases (all by default): transport (health, validate, refresh), login (login, validate p99
-# with and without a login flood, memory), cleanup (refresh p99 while 1,000,000 expired rows
-# are deleted), pgbench (postgres only: refresh.sql at the same concurrency), busycore
+# with and without a login flood, memory), cleanup (refresh p99 while 1,000,000 ended
+# sessions are deleted), pgbench (postgres only: authd's Refresh statement, refresh.sql, and
+# the single-row conditional UPDATE floor, update.sql, at the same concurrency), busycore
 # (validate p99 alone and beside a CPU loop at SCHED_IDLE outside authd, to compare with the
 # login phase's flood; needs the transport phase's tokens).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
@@ -28,9 +29,11 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 export AUTH_LISTEN=127.0.0.1:50071 AUTH_HTTP_LISTEN=127.0.0.1:8091 RUST_LOG=warn
 export AUTH_ACCESS_TOKEN_TTL=2h AUTH_SIGNING_KEY_FILE=$work/signing_key.pem
+export AUTH_REFRESH_KEY_FILE=$work/refresh_key.pem
 # Benchmark users log in again and again; throttling must not be what is measured.
 export AUTH_LOGIN_FREE_ATTEMPTS=1000 AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS=100000
 $authd keys generate --out "$AUTH_SIGNING_KEY_FILE" >/dev/null
+$authd keys generate --out "$AUTH_REFRESH_KEY_FILE" >/dev/null
 case $backend in
   sqlite) export AUTH_DATABASE_URL="sqlite://$work/authd.db?mode=rwc" ;;
   postgres)
@@ -110,32 +113,38 @@ for phase in $phases; do
   cleanup)
     add_user fast@example.com "${cheap_argon2[@]}" 2>/dev/null || true
     start "${cheap_argon2[@]}"
-    # A live refresh token for the seed below to copy.
+    # A live session for the seed below to copy.
     load --mode refresh --email fast@example.com --duration 1s --in-flight 1 >/dev/null
     for i in $(seq "$runs"); do
-      # 1,000,000 expired refresh tokens, copied from a live row (its created_at is past).
+      # 1,000,000 ended sessions with their refresh rows, copied from a live one: their
+      # tokens expired at their rotation.
       case $backend in
         sqlite) python3 - "$work/authd.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], timeout=30)
-db.execute("""WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
-INSERT INTO refresh_tokens (id, session_id, parent_id, token_hash, created_at, expires_at, used_at)
-SELECT randomblob(16), t.session_id, NULL, randomblob(32), t.created_at, t.created_at, NULL
-FROM n, (SELECT * FROM refresh_tokens LIMIT 1) AS t""")
+db.execute("CREATE TEMP TABLE ended AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) SELECT randomblob(16) AS id FROM n")
+db.execute("""INSERT INTO sessions (id, user_id, created_at, revoked_at, revoked_reason)
+SELECT e.id, s.user_id, s.created_at, NULL, NULL FROM ended e, (SELECT * FROM sessions LIMIT 1) AS s""")
+db.execute("""INSERT INTO refresh_tokens (session_id, user_id, session_started_at, generation, secret_hash, rotated_at, expires_at, retried)
+SELECT e.id, r.user_id, r.session_started_at, 1, randomblob(32), r.rotated_at, r.rotated_at, 0 FROM ended e, (SELECT * FROM refresh_tokens LIMIT 1) AS r""")
 db.commit()
 PY
         ;;
         postgres) psql -qh 127.0.0.1 -U postgres -d "$db" -c "
-INSERT INTO refresh_tokens (id, session_id, parent_id, token_hash, created_at, expires_at)
-SELECT gen_random_uuid(), t.session_id, NULL, sha256(convert_to(g::text || random()::text, 'UTF8')),
-       t.created_at, t.created_at
-FROM generate_series(1, 1000000) AS g, (SELECT * FROM refresh_tokens LIMIT 1) AS t" ;;
+CREATE TEMP TABLE ended AS SELECT gen_random_uuid() AS id FROM generate_series(1, 1000000);
+INSERT INTO sessions (id, user_id, created_at)
+SELECT e.id, s.user_id, s.created_at FROM ended e, (SELECT * FROM sessions LIMIT 1) AS s;
+INSERT INTO refresh_tokens (session_id, user_id, session_started_at, generation, secret_hash,
+  rotated_at, expires_at, retried)
+SELECT e.id, r.user_id, r.session_started_at, 1, sha256(convert_to(e.id::text, 'UTF8')),
+       r.rotated_at, r.rotated_at, FALSE
+FROM ended e, (SELECT * FROM refresh_tokens LIMIT 1) AS r" ;;
       esac
       run "refresh without cleanup run $i" --mode refresh --email fast@example.com
       ( sleep 1; began=$(date +%s.%N); $authd cleanup 2>/dev/null
         echo "cleanup: $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $began}") s" ) &
       cleaner=$!
-      run "refresh during cleanup of 1,000,000 rows run $i" --mode refresh --email fast@example.com
+      run "refresh during cleanup of 1,000,000 sessions run $i" --mode refresh --email fast@example.com
       wait $cleaner
     done
     stop ;;
@@ -145,9 +154,12 @@ FROM generate_series(1, 1000000) AS g, (SELECT * FROM refresh_tokens LIMIT 1) AS
     AUTH_DATABASE_URL="postgres://postgres@127.0.0.1:5432/${db}_pgbench" $authd migrate >/dev/null
     psql -qh 127.0.0.1 -U postgres -d "${db}_pgbench" -f scripts/pgbench/seed.sql >/dev/null
     for i in $(seq "$runs"); do
-      echo "## pgbench run $i"
-      pgbench -h 127.0.0.1 -U postgres -n -M prepared -c "$in_flight" -j 2 -T "${duration%s}" \
-        -f scripts/pgbench/refresh.sql "${db}_pgbench" | grep -E "^(tps|latency)"
+      for script in refresh update; do
+        echo "## pgbench $script.sql run $i"
+        psql -qh 127.0.0.1 -U postgres -d "${db}_pgbench" -f scripts/pgbench/reset.sql >/dev/null
+        pgbench -h 127.0.0.1 -U postgres -n -M prepared -D gen=1 -c "$in_flight" -j 2 \
+          -T "${duration%s}" -f "scripts/pgbench/$script.sql" "${db}_pgbench" | grep -E "^(tps|latency)"
+      done
     done
     psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE ${db}_pgbench WITH (FORCE)" >/dev/null ;;
   esac

@@ -34,14 +34,15 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
-    /// Manage signing keys.
+    /// Manage key files (signing, refresh-token and reuse-grace keys).
     #[command(subcommand)]
     Keys(KeysCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Write a new Ed25519 signing key (PKCS#8 PEM, mode 0600). Never overwrites a file.
+    /// Write a new Ed25519 key (PKCS#8 PEM, mode 0600), for AUTH_SIGNING_KEY_FILE,
+    /// AUTH_REFRESH_KEY_FILE or AUTH_REFRESH_GRACE_KEY_FILE. Never overwrites a file.
     Generate {
         /// Where to write the key.
         #[arg(long)]
@@ -190,7 +191,7 @@ fn generate_key(out: &std::path::Path) -> anyhow::Result<()> {
         }
         .into());
     }
-    println!("wrote a new Ed25519 signing key to {}", out.display());
+    println!("wrote a new Ed25519 key to {}", out.display());
     Ok(())
 }
 

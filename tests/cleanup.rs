@@ -41,6 +41,8 @@ async fn insert_session(
     .unwrap();
     refresh_token::Entity::insert(refresh_token::ActiveModel {
         session_id: Set(id),
+        user_id: Set(user_id),
+        session_started_at: Set(now - age),
         generation: Set(3),
         secret_hash: Set(Uuid::new_v4().as_bytes().repeat(2)),
         rotated_at: Set(now - TimeDelta::days(1)),

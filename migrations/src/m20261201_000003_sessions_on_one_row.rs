@@ -39,6 +39,10 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(RefreshTokens::Table)
                     .col(pk_uuid(RefreshTokens::SessionId))
+                    // The session's user and login, copied (neither ever changes) so that a
+                    // rotation reads no other row for them.
+                    .col(uuid(RefreshTokens::UserId))
+                    .col(timestamp_with_time_zone(RefreshTokens::SessionStartedAt))
                     // Counts the rotations; the token names the generation it carries.
                     .col(big_integer(RefreshTokens::Generation))
                     // SHA-256 of the current token's secret; the secret itself is nowhere.
@@ -60,10 +64,12 @@ impl MigrationTrait for Migration {
         // Each session's unused token is its current one (a rotation marked the parent used
         // in the transaction that inserted the child, so there is one per session).
         db.execute_unprepared(
-            "INSERT INTO refresh_tokens \
-               (session_id, generation, secret_hash, rotated_at, expires_at, retried) \
-             SELECT session_id, 0, token_hash, created_at, expires_at, FALSE \
-             FROM legacy_refresh_tokens WHERE used_at IS NULL \
+            "INSERT INTO refresh_tokens (session_id, user_id, session_started_at, \
+               generation, secret_hash, rotated_at, expires_at, retried) \
+             SELECT t.session_id, s.user_id, s.created_at, 0, t.token_hash, t.created_at, \
+               t.expires_at, FALSE \
+             FROM legacy_refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+             WHERE t.used_at IS NULL \
              ON CONFLICT (session_id) DO NOTHING",
         )
         .await?;
@@ -72,9 +78,11 @@ impl MigrationTrait for Migration {
         // deletes it when its old end passes; its revocation, if any, stays on record.
         let no_secret = Statement::from_sql_and_values(
             manager.get_database_backend(),
-            "INSERT INTO refresh_tokens \
-               (session_id, generation, secret_hash, rotated_at, expires_at, retried) \
-             SELECT s.id, 0, $1, s.last_refreshed_at, s.expires_at, FALSE FROM sessions s \
+            "INSERT INTO refresh_tokens (session_id, user_id, session_started_at, \
+               generation, secret_hash, rotated_at, expires_at, retried) \
+             SELECT s.id, s.user_id, s.created_at, 0, $1, s.last_refreshed_at, s.expires_at, \
+               FALSE \
+             FROM sessions s \
              WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.session_id = s.id)",
             [Value::Bytes(Some(vec![0; 32]))],
         );
@@ -110,6 +118,8 @@ impl MigrationTrait for Migration {
 enum RefreshTokens {
     Table,
     SessionId,
+    UserId,
+    SessionStartedAt,
     Generation,
     SecretHash,
     RotatedAt,

@@ -1,18 +1,19 @@
--- authd's Refresh transaction, statement for statement (Store::rotate_refresh_token): claim
--- the presented token (returning its row), read its session with the user, extend the session
--- while it is alive, insert the successor. Run with -M prepared, as sqlx does. See
--- BENCHMARKS.md. The claim leaves out authd's `used_at IS NULL`: a token drawn twice then
--- goes through the whole transaction instead of ending the client with an empty \gset.
-\set t random(1, 1000000)
-BEGIN;
-UPDATE refresh_tokens SET used_at = now()
-  WHERE token_hash = sha256(convert_to(:t::text, 'UTF8')) AND expires_at > now()
-  RETURNING id AS token_id, session_id \gset
-SELECT s.user_id, s.created_at, u.email FROM sessions s LEFT JOIN users u ON u.id = s.user_id
-  WHERE s.id = :session_id \gset
-UPDATE sessions SET last_refreshed_at = now(), expires_at = now() + interval '7 days'
-  WHERE id = :session_id AND revoked_at IS NULL AND expires_at > now();
-INSERT INTO refresh_tokens (id, session_id, parent_id, token_hash, created_at, expires_at)
-  VALUES (gen_random_uuid(), :session_id, :token_id,
-          sha256(convert_to(gen_random_uuid()::text, 'UTF8')), now(), now() + interval '7 days');
-COMMIT;
+-- authd's Refresh statement, as src/store/rotation.rs writes it (ROTATE), for one session per
+-- pgbench client. Run with -M prepared (as sqlx does) and -D gen=1 (the seeded generation):
+-- each transaction names the generation and secret the previous one left, as a client
+-- presenting its newest token does; \gset fails the client if a rotation ever matches nothing.
+UPDATE refresh_tokens SET generation = generation + 1,
+    secret_hash = sha256(convert_to((:client_id + 1) || '-' || (:gen + 1), 'UTF8')),
+    rotated_at = now(), expires_at = now() + interval '7 days', retried = FALSE
+  WHERE session_id = ('00000000-0000-0000-0001-' || lpad(to_hex(:client_id + 1), 12, '0'))::uuid
+    AND generation = :gen
+    AND secret_hash = sha256(convert_to((:client_id + 1) || '-' || :gen, 'UTF8'))
+    AND expires_at > now()
+    AND session_started_at > now() - interval '30 days'
+    AND EXISTS (SELECT 1 FROM sessions s
+      WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL)
+    AND EXISTS (SELECT 1 FROM users u
+      WHERE u.id = refresh_tokens.user_id AND u.disabled_at IS NULL)
+  RETURNING generation AS gen, user_id,
+    (SELECT u.email FROM users u WHERE u.id = refresh_tokens.user_id) AS email,
+    session_started_at, expires_at \gset

@@ -2,10 +2,10 @@
 //! The store knows nothing of gRPC; it takes and returns plain values, and answers in the
 //! domain's terms.
 
+mod batcher;
 pub mod entity;
 mod rotation;
 mod sessions;
-mod sqlite_writer;
 mod users;
 
 pub use rotation::{Credential, RefreshClock, Rotated};
@@ -135,8 +135,8 @@ pub struct Store {
     /// the refresh throughput and a fraction of the tail (BENCHMARKS.md). `None` on
     /// PostgreSQL, whose row locks let writers run side by side.
     write_turn: Option<WriteTurn>,
-    /// On an SQLite file, rotations run on a writer thread of their own, in batches.
-    rotations: Option<sqlite_writer::RotationWriter>,
+    /// Rotations, batched: those waiting in line share one statement.
+    rotations: batcher::RotationBatcher,
 }
 
 /// The queue of SQLite writers in this process, with how long one waits before giving up.
@@ -181,17 +181,11 @@ impl Store {
                 opts.options([("lock_timeout", lock_timeout_ms.as_str())])
             });
         let db = Database::connect(options).await?;
-        let (write_turn, rotations) = match sqlite_file(&config.database_url) {
-            Some(path) => {
-                let turn = WriteTurn {
-                    lock: Arc::default(),
-                    timeout: lock_timeout,
-                };
-                let rotations = sqlite_writer::RotationWriter::start(&path, turn.clone())?;
-                (Some(turn), Some(rotations))
-            }
-            None => (None, None),
-        };
+        let write_turn = sqlite_file(&config.database_url).map(|_| WriteTurn {
+            lock: Arc::default(),
+            timeout: lock_timeout,
+        });
+        let rotations = batcher::RotationBatcher::start(db.clone(), write_turn.clone());
         Ok(Self {
             db,
             write_turn,

@@ -1,11 +1,15 @@
-//! The two statements that hand out a session's next tokens, written once for every backend.
+//! The statements that hand out a session's next tokens, written once for every backend.
 //!
-//! Each is a single conditional `UPDATE ... RETURNING` of the session's one `refresh_tokens`
-//! row. The row lock it takes decides the one winner among concurrent refreshes, in this
-//! process and across replicas; its conditions are every rule a refresh must pass (the
-//! presented generation and secret, the token's expiry, a live session, an enabled user).
-//! The text uses `$N` placeholders, which PostgreSQL, sqlx's SQLite driver and the SQLite
-//! writer (`sqlite_writer`) all bind by number.
+//! Each is a single conditional `UPDATE ... RETURNING` of sessions' `refresh_tokens` rows.
+//! The row lock it takes decides the one winner among concurrent refreshes, in this process and
+//! across replicas; its conditions are every rule a refresh must pass (the presented generation
+//! and secret, the token's expiry, a live session, an enabled user). A rotation statement
+//! carries up to [`MAX_BATCH`] rotations of distinct sessions (`UPDATE ... FROM (VALUES ...)`):
+//! each row passes or fails its conditions on its own, and one statement is one commit for all.
+//! The text uses `$N` placeholders, which PostgreSQL and sqlx's SQLite driver bind by number,
+//! and names the VALUES columns `column1`... as both name them.
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{QueryResult, Value};
@@ -13,46 +17,71 @@ use uuid::Uuid;
 
 use super::StoreError;
 
-/// The session is alive and its user enabled. `$3`: sessions that began at or before it have
-/// reached their absolute end.
+/// Rotations carried by one statement at most: it holds its rows' locks (and on SQLite the
+/// write lock) until it commits, so this bounds how long other writers wait.
+pub(super) const MAX_BATCH: usize = 64;
+
+/// The session is not revoked and its user is enabled.
 macro_rules! live_session_and_user {
     () => {
-        " AND EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id \
-           WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL \
-           AND s.created_at > $3 AND u.disabled_at IS NULL)"
+        " AND EXISTS (SELECT 1 FROM sessions s \
+           WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL) \
+         AND EXISTS (SELECT 1 FROM users u \
+           WHERE u.id = refresh_tokens.user_id AND u.disabled_at IS NULL)"
     };
 }
 
-/// What the access token and the response need (read by [`Rotated::read`]). Scalar
-/// subqueries because SQLite's `RETURNING` cannot name another table of an `UPDATE ... FROM`.
+/// What the access token and the response need (read by [`Rotated::read`]). The email by a
+/// scalar subquery: SQLite's `RETURNING` cannot name another table of an `UPDATE ... FROM`.
 macro_rules! returning_what_the_tokens_need {
     () => {
-        " RETURNING \
-           (SELECT s.user_id FROM sessions s WHERE s.id = refresh_tokens.session_id), \
-           (SELECT u.email FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = refresh_tokens.session_id), \
-           (SELECT s.created_at FROM sessions s WHERE s.id = refresh_tokens.session_id), \
-           expires_at"
+        " RETURNING session_id, user_id, \
+           (SELECT u.email FROM users u WHERE u.id = refresh_tokens.user_id), \
+           session_started_at, expires_at"
     };
 }
 
-/// Replaces the presented current token with its successor (`$6` its secret's hash, `$7` its
-/// expiry). `$1` session, `$2` now, `$4` generation, `$5` secret hash.
-pub(super) const ROTATE: &str = concat!(
-    "UPDATE refresh_tokens SET generation = generation + 1, secret_hash = $6, \
-       rotated_at = $2, expires_at = $7, retried = FALSE \
-     WHERE session_id = $1 AND generation = $4 AND secret_hash = $5 AND expires_at > $2",
-    live_session_and_user!(),
-    returning_what_the_tokens_need!()
-);
+/// Values per rotation in [`rotate_sql`]'s VALUES list: session, generation, secret hash,
+/// successor's secret hash, successor's expiry, now, and the oldest login still alive.
+const ROTATION_VALUES: usize = 7;
+
+/// Replaces each presented current token with its successor.
+fn rotate_sql(rotations: usize) -> String {
+    let rows: Vec<String> = (0..rotations)
+        .map(|row| {
+            let numbers: Vec<String> = (1..=ROTATION_VALUES)
+                .map(|column| format!("${}", row * ROTATION_VALUES + column))
+                .collect();
+            format!("({})", numbers.join(", "))
+        })
+        .collect();
+    format!(
+        concat!(
+            "UPDATE refresh_tokens SET generation = generation + 1, secret_hash = v.column4, \
+               rotated_at = v.column6, expires_at = v.column5, retried = FALSE \
+             FROM (VALUES {}) AS v \
+             WHERE refresh_tokens.session_id = v.column1 \
+               AND refresh_tokens.generation = v.column2 \
+               AND refresh_tokens.secret_hash = v.column3 \
+               AND refresh_tokens.expires_at > v.column6 \
+               AND refresh_tokens.session_started_at > v.column7",
+            live_session_and_user!(),
+            returning_what_the_tokens_need!()
+        ),
+        rows.join(", ")
+    )
+}
+
+/// [`rotate_sql`] for each batch size, built once (and prepared once per connection).
+static ROTATE: LazyLock<Vec<String>> = LazyLock::new(|| (0..=MAX_BATCH).map(rotate_sql).collect());
 
 /// Spends the one reuse-grace retry of the session's current token, if it was issued after
-/// `$6`: the caller hands that same token out again. Parameters as in [`ROTATE`], naming the
-/// current generation and secret.
+/// `$6`: the caller hands that same token out again. `$1` session, `$2` now, `$3` the oldest
+/// login still alive, `$4` the current generation, `$5` its secret's hash.
 pub(super) const RETRY: &str = concat!(
     "UPDATE refresh_tokens SET retried = TRUE \
      WHERE session_id = $1 AND generation = $4 AND secret_hash = $5 AND expires_at > $2 \
-       AND NOT retried AND rotated_at > $6",
+       AND session_started_at > $3 AND NOT retried AND rotated_at > $6",
     live_session_and_user!(),
     returning_what_the_tokens_need!()
 );
@@ -82,6 +111,8 @@ pub struct RefreshClock {
 /// it now holds expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotated {
+    /// The session.
+    pub session_id: Uuid,
     /// The session's user.
     pub user_id: Uuid,
     /// The user's current email, for the new access token.
@@ -92,7 +123,16 @@ pub struct Rotated {
     pub expires_at: DateTime<Utc>,
 }
 
-/// One of the statements above with its values, ready for either executor.
+/// One rotation: the presented current token and its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rotation {
+    pub(super) presented: Credential,
+    pub(super) clock: RefreshClock,
+    pub(super) successor_hash: [u8; 32],
+    pub(super) expires_at: DateTime<Utc>,
+}
+
+/// One of the statements above with its values.
 #[derive(Debug, Clone)]
 pub(super) struct Returning {
     pub(super) sql: &'static str,
@@ -100,56 +140,59 @@ pub(super) struct Returning {
 }
 
 impl Returning {
-    /// `sql` with the values every statement takes (`$1` to `$5`), then `extra` (`$6`...).
-    pub(super) fn new(
-        sql: &'static str,
-        credential: &Credential,
-        clock: RefreshClock,
-        extra: impl IntoIterator<Item = Value>,
-    ) -> Self {
-        let mut values = vec![
-            credential.session_id.into(),
-            clock.now.into(),
-            clock.sessions_started_after.into(),
-            credential.generation.into(),
-            credential.secret_hash.to_vec().into(),
-        ];
-        values.extend(extra);
-        Self { sql, values }
+    /// The rotation statement for `rotations`, at most [`MAX_BATCH`] of distinct sessions.
+    pub(super) fn rotate(rotations: &[Rotation]) -> Self {
+        let values = rotations
+            .iter()
+            .flat_map(|rotation| {
+                let presented = &rotation.presented;
+                [
+                    presented.session_id.into(),
+                    presented.generation.into(),
+                    presented.secret_hash.to_vec().into(),
+                    rotation.successor_hash.to_vec().into(),
+                    rotation.expires_at.into(),
+                    rotation.clock.now.into(),
+                    rotation.clock.sessions_started_after.into(),
+                ]
+            })
+            .collect();
+        Self {
+            sql: &ROTATE[rotations.len().min(MAX_BATCH)],
+            values,
+        }
     }
-}
 
-/// A returned row, whichever executor read it. The column types are the statements':
-/// a UUID, a text and two timestamps.
-pub(super) trait ReturnedRow {
-    fn uuid(&self, index: usize) -> Result<Uuid, StoreError>;
-    fn text(&self, index: usize) -> Result<String, StoreError>;
-    fn timestamp(&self, index: usize) -> Result<DateTime<Utc>, StoreError>;
+    /// The grace retry of `current`, issued after `rotated_after`.
+    pub(super) fn retry(
+        current: &Credential,
+        clock: RefreshClock,
+        rotated_after: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            sql: RETRY,
+            values: vec![
+                current.session_id.into(),
+                clock.now.into(),
+                clock.sessions_started_after.into(),
+                current.generation.into(),
+                current.secret_hash.to_vec().into(),
+                rotated_after.into(),
+            ],
+        }
+    }
 }
 
 impl Rotated {
-    /// Reads the `RETURNING` list of [`ROTATE`] and [`RETRY`].
-    pub(super) fn read(row: &impl ReturnedRow) -> Result<Self, StoreError> {
+    /// Reads a row of the `RETURNING` list of the statements above.
+    pub(super) fn read(row: &QueryResult) -> Result<Self, StoreError> {
         Ok(Self {
-            user_id: row.uuid(0)?,
-            email: row.text(1)?,
-            session_started_at: row.timestamp(2)?,
-            expires_at: row.timestamp(3)?,
+            session_id: row.try_get_by_index(0)?,
+            user_id: row.try_get_by_index(1)?,
+            email: row.try_get_by_index(2)?,
+            session_started_at: row.try_get_by_index(3)?,
+            expires_at: row.try_get_by_index(4)?,
         })
-    }
-}
-
-impl ReturnedRow for QueryResult {
-    fn uuid(&self, index: usize) -> Result<Uuid, StoreError> {
-        Ok(self.try_get_by_index(index)?)
-    }
-
-    fn text(&self, index: usize) -> Result<String, StoreError> {
-        Ok(self.try_get_by_index(index)?)
-    }
-
-    fn timestamp(&self, index: usize) -> Result<DateTime<Utc>, StoreError> {
-        Ok(self.try_get_by_index(index)?)
     }
 }
 
@@ -157,18 +200,48 @@ impl ReturnedRow for QueryResult {
 mod tests {
     use super::*;
 
+    fn placeholders(sql: &str) -> Vec<usize> {
+        let mut numbers: Vec<usize> = sql
+            .split('$')
+            .skip(1)
+            .map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().unwrap()
+            })
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
+    }
+
     /// Every placeholder a statement names is bound, and no value goes unused.
     #[test]
     fn each_statement_uses_exactly_the_values_it_is_given() {
-        for (sql, values) in [(ROTATE, 7), (RETRY, 6)] {
-            let highest = (1..=20)
-                .filter(|n| sql.contains(&format!("${n}")))
-                .max()
-                .unwrap_or(0);
-            assert_eq!(highest, values, "{sql}");
-            for n in 1..=values {
-                assert!(sql.contains(&format!("${n}")), "${n} unused in {sql}");
-            }
+        let credential = Credential {
+            session_id: Uuid::nil(),
+            generation: 1,
+            secret_hash: [0; 32],
+        };
+        let clock = RefreshClock {
+            now: Utc::now(),
+            sessions_started_after: Utc::now(),
+        };
+        let rotation = Rotation {
+            presented: credential.clone(),
+            clock,
+            successor_hash: [1; 32],
+            expires_at: Utc::now(),
+        };
+        for rotations in [1, 2, MAX_BATCH] {
+            let statement = Returning::rotate(&vec![rotation.clone(); rotations]);
+            let expected: Vec<usize> = (1..=statement.values.len()).collect();
+            assert_eq!(placeholders(statement.sql), expected);
+            assert_eq!(statement.values.len(), rotations * ROTATION_VALUES);
         }
+        let retry = Returning::retry(&credential, clock, Utc::now());
+        assert_eq!(
+            placeholders(retry.sql),
+            (1..=retry.values.len()).collect::<Vec<_>>()
+        );
     }
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{
     Store, StoreError,
     entity::{legacy_refresh_token, login_attempt, refresh_token, session, user},
-    rotation::{Credential, RETRY, ROTATE, RefreshClock, Returning, Rotated},
+    rotation::{Credential, RefreshClock, Returning, Rotated, Rotation},
 };
 
 /// A session to open at login, with its first refresh token.
@@ -112,10 +112,9 @@ const REFRESH_STATE: &str = "SELECT r.generation, r.secret_hash, r.rotated_at, r
      WHERE r.session_id = $1";
 
 /// Sessions whose token expired or which reached their absolute end, in id order from `$1`.
-const ENDED_SESSIONS: &str = "SELECT r.session_id FROM refresh_tokens r \
-       JOIN sessions s ON s.id = r.session_id \
-     WHERE r.session_id > $1 AND (r.expires_at <= $2 OR s.created_at <= $3) \
-     ORDER BY r.session_id LIMIT $4";
+const ENDED_SESSIONS: &str = "SELECT session_id FROM refresh_tokens \
+     WHERE session_id > $1 AND (expires_at <= $2 OR session_started_at <= $3) \
+     ORDER BY session_id LIMIT $4";
 
 impl Store {
     /// Opens a session with its refresh row, in one transaction and only while the user is
@@ -151,6 +150,8 @@ impl Store {
         .await?;
         refresh_token::Entity::insert(refresh_token::ActiveModel {
             session_id: Set(new.session_id),
+            user_id: Set(new.user_id),
+            session_started_at: Set(new.created_at),
             generation: Set(FIRST_GENERATION),
             secret_hash: Set(new.secret_hash.to_vec()),
             rotated_at: Set(new.created_at),
@@ -164,8 +165,9 @@ impl Store {
     }
 
     /// Trades the presented current token for a successor whose secret hashes to
-    /// `successor_hash`, expiring at `expires_at`: one statement ([`ROTATE`]). `None`: it
-    /// matched nothing and changed nothing; [`Self::refresh_state`] says why.
+    /// `successor_hash`, expiring at `expires_at`: one conditional statement, shared with the
+    /// other rotations waiting in line (`batcher`). `None`: it matched nothing and changed
+    /// nothing; [`Self::refresh_state`] says why.
     #[tracing::instrument(skip_all, fields(session_id = %presented.session_id), level = "debug")]
     pub async fn rotate(
         &self,
@@ -174,17 +176,17 @@ impl Store {
         successor_hash: [u8; 32],
         expires_at: DateTime<Utc>,
     ) -> Result<Option<Rotated>, StoreError> {
-        let extra: [Value; 2] = [successor_hash.to_vec().into(), expires_at.into()];
-        let statement = Returning::new(ROTATE, presented, clock, extra);
-        match &self.rotations {
-            // An SQLite file: the writer thread runs it, batched with others.
-            Some(writer) => writer.run(statement).await,
-            None => self.query_returning(statement).await,
-        }
+        let rotation = Rotation {
+            presented: presented.clone(),
+            clock,
+            successor_hash,
+            expires_at,
+        };
+        self.rotations.rotate(rotation).await
     }
 
     /// Spends the one reuse-grace retry of the session's current token (named by `current`),
-    /// if it was issued after `rotated_after`: one statement ([`RETRY`]). `None`: no retry.
+    /// if it was issued after `rotated_after`: one conditional statement. `None`: no retry.
     #[tracing::instrument(skip_all, fields(session_id = %current.session_id), level = "debug")]
     pub async fn retry_rotation(
         &self,
@@ -192,11 +194,7 @@ impl Store {
         clock: RefreshClock,
         rotated_after: DateTime<Utc>,
     ) -> Result<Option<Rotated>, StoreError> {
-        let statement = Returning::new(RETRY, current, clock, [rotated_after.into()]);
-        self.query_returning(statement).await
-    }
-
-    async fn query_returning(&self, statement: Returning) -> Result<Option<Rotated>, StoreError> {
+        let statement = Returning::retry(current, clock, rotated_after);
         let _turn = self.write_turn().await?;
         let backend = self.db.get_database_backend();
         let statement = Statement::from_sql_and_values(backend, statement.sql, statement.values);

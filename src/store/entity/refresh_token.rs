@@ -6,6 +6,10 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub session_id: Uuid,
+    /// The session's user (copied from the session: it never changes).
+    pub user_id: Uuid,
+    /// The session's login (copied likewise), from which its absolute end is counted.
+    pub session_started_at: DateTimeUtc,
     /// How many rotations the session has had (0: its token is from before the upgrade).
     pub generation: i64,
     /// SHA-256 of the current token's secret.
