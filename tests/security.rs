@@ -17,6 +17,7 @@ use tonic::Code;
 on_both_backends!(
     a_session_cannot_refresh_past_its_max_lifetime,
     a_login_rehashes_a_password_made_with_other_parameters,
+    concurrent_logins_during_a_rehash_all_succeed,
     set_password_revokes_every_session,
     failed_logins_throttle_the_account_with_growing_delays,
     within_the_reuse_grace_a_retry_gets_the_same_successor,
@@ -126,6 +127,29 @@ async fn stored_hash(app: &TestApp) -> String {
         .unwrap()
         .unwrap();
     user.password_hash
+}
+
+/// The first login upgrades the hash while the others verify the old one: a rehash is the
+/// same password, so it must not refuse them as a password change would.
+async fn concurrent_logins_during_a_rehash_all_succeed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("AUTH_ARGON2_MEMORY_KIB", "512")]).await;
+    let old_params = [("AUTH_ARGON2_MEMORY_KIB", "256")];
+    common::add_user_with(&app.db, &old_params, "alice@example.com", PASSWORD).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let logins: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, barrier) = (app.client.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                login(&client, "alice@example.com", PASSWORD).await
+            })
+        })
+        .collect();
+    for handle in logins {
+        let session = handle.await.unwrap().expect("every login succeeds");
+        validate(&app.client, &session.access_token).await.unwrap();
+    }
+    assert!(stored_hash(&app).await.starts_with("$argon2id$v=19$m=512,"));
 }
 
 async fn a_login_rehashes_a_password_made_with_other_parameters(backend: Backend) {

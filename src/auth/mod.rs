@@ -218,7 +218,6 @@ impl Authenticator {
         if account_block.is_some() {
             self.store.clear_login_failures(email.as_str()).await?;
         }
-        let mut verified_hash = user.password_hash.clone();
         if let Verification::MatchRehashed(new_hash) = verification {
             // Conditional on the old hash, so a concurrent password change is never undone.
             let replaced = self
@@ -227,7 +226,6 @@ impl Authenticator {
                 .await?;
             if replaced {
                 audit!(event = "password_rehashed", user_id = %user.id);
-                verified_hash = new_hash;
             }
         }
 
@@ -240,7 +238,7 @@ impl Authenticator {
         let session = NewSession {
             session_id: Uuid::new_v4(),
             user_id: user.id,
-            verified_hash,
+            user_seen_at: user.updated_at,
             created_at: now,
             secret_hash: refresh::secret_hash(&secret),
             expires_at,

@@ -124,22 +124,33 @@ pub(super) fn random_secret() -> Result<[u8; 32], AuthError> {
     Ok(secret)
 }
 
-/// The refresh-token key: seals tokens and checks their tags. Never the JWT signing key.
-pub struct RefreshKey(HmacSha256);
+/// An HMAC-SHA256 key, ready to clone for each message. `Debug` prints nothing of it.
+#[derive(Clone)]
+struct HmacKey(HmacSha256);
 
-impl std::fmt::Debug for RefreshKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RefreshKey(..)")
-    }
-}
-
-impl RefreshKey {
-    /// A key from 32 secret bytes (`AUTH_REFRESH_KEY_FILE`).
-    pub fn new(secret: [u8; 32]) -> Self {
+impl HmacKey {
+    fn new(secret: [u8; 32]) -> Self {
         Self(
             HmacSha256::new_from_slice(&secret)
                 .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
         )
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+/// The refresh-token key: seals tokens and checks their tags. Never the JWT signing key.
+#[derive(Debug)]
+pub struct RefreshKey(HmacKey);
+
+impl RefreshKey {
+    /// A key from 32 secret bytes (`AUTH_REFRESH_KEY_FILE`).
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self(HmacKey::new(secret))
     }
 
     /// The token for generation `generation` of `session_id`, carrying `secret`.
@@ -149,7 +160,7 @@ impl RefreshKey {
         token.extend_from_slice(session_id.as_bytes());
         token.extend_from_slice(&generation.to_be_bytes());
         token.extend_from_slice(secret);
-        let mut mac = self.0.clone();
+        let mut mac = self.0.0.clone();
         mac.update(&token);
         token.extend_from_slice(&mac.finalize().into_bytes());
         RefreshToken(URL_SAFE_NO_PAD.encode(token).into())
@@ -170,7 +181,7 @@ impl RefreshKey {
         let (sealed, tag) = bytes
             .split_at_checked(SEALED_BYTES)
             .ok_or(AuthError::RefreshTokenInvalid)?;
-        let mut mac = self.0.clone();
+        let mut mac = self.0.0.clone();
         mac.update(sealed);
         mac.verify_slice(tag)
             .map_err(|_| AuthError::RefreshTokenInvalid)?;
@@ -198,27 +209,19 @@ impl RefreshKey {
 /// Derives a token's successor secret from the token's own secret, under a key of its own
 /// (`AUTH_REFRESH_GRACE_KEY_FILE`), so a client retrying within the reuse grace gets the same
 /// successor back although the database keeps only hashes.
-pub struct SuccessorKey(HmacSha256);
-
-impl std::fmt::Debug for SuccessorKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SuccessorKey(..)")
-    }
-}
+#[derive(Debug)]
+pub struct SuccessorKey(HmacKey);
 
 impl SuccessorKey {
     /// A key from 32 secret bytes (kept apart from the signing and refresh keys).
     pub fn new(secret: [u8; 32]) -> Self {
-        Self(
-            HmacSha256::new_from_slice(&secret)
-                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
-        )
+        Self(HmacKey::new(secret))
     }
 
     /// HMAC-SHA256 of the parent's secret: as unpredictable as a random secret to anyone
     /// without the key, and the same every time for the same parent.
     pub fn successor_of(&self, parent: &SessionSecret) -> [u8; 32] {
-        let mut mac = self.0.clone();
+        let mut mac = self.0.0.clone();
         mac.update(parent.secret());
         mac.finalize().into_bytes().into()
     }

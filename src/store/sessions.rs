@@ -23,9 +23,9 @@ pub struct NewSession {
     pub session_id: Uuid,
     /// Whose session it is.
     pub user_id: Uuid,
-    /// The password hash the login verified: the session is opened only if the user still
-    /// has it (and is still enabled) when it is written.
-    pub verified_hash: String,
+    /// The user's `updated_at` when the login read the hash it verified: the session is opened
+    /// only if the user is unchanged since (no new password, not disabled) when it is written.
+    pub user_seen_at: DateTime<Utc>,
     /// When the login happened.
     pub created_at: DateTime<Utc>,
     /// SHA-256 of the first token's secret (generation 1).
@@ -118,7 +118,8 @@ const ENDED_SESSIONS: &str = "SELECT session_id FROM refresh_tokens \
 
 impl Store {
     /// Opens a session with its refresh row, in one transaction and only while the user is
-    /// enabled and still has the password hash the login verified; false otherwise.
+    /// enabled and unchanged since the login read it; false otherwise. A password change and a
+    /// disable both move `updated_at`; a rehash of the same password does not.
     ///
     /// The first statement locks the user's row: a disable or password change that committed
     /// first makes it match nothing, and one that comes later waits for this transaction and
@@ -131,7 +132,7 @@ impl Store {
             .col_expr(user::Column::UpdatedAt, Expr::col(user::Column::UpdatedAt))
             .filter(user::Column::Id.eq(new.user_id))
             .filter(user::Column::DisabledAt.is_null())
-            .filter(user::Column::PasswordHash.eq(new.verified_hash.as_str()))
+            .filter(user::Column::UpdatedAt.eq(new.user_seen_at))
             .exec(&txn)
             .await?
             .rows_affected;

@@ -133,7 +133,9 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise.
+    /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise. The
+    /// same password under new parameters: `updated_at` stays, so logins racing this one,
+    /// which verified the old hash, still open their sessions ([`Store::create_session`]).
     #[tracing::instrument(skip(self, old_hash, new_hash), level = "debug")]
     pub async fn replace_password_hash(
         &self,
@@ -144,7 +146,6 @@ impl Store {
         let _turn = self.write_turn().await?;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, new_hash.into())
-            .col_expr(user::Column::UpdatedAt, now().into())
             .filter(user::Column::Id.eq(user_id))
             .filter(user::Column::PasswordHash.eq(old_hash))
             .exec(&self.db)
