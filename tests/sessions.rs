@@ -548,7 +548,12 @@ type Attempt = (Instant, Instant, Option<authd::proto::LoginResponse>);
 /// process. Once the command has returned, no session of the user works, whichever side of
 /// the command its login fell on.
 async fn no_login_racing_a_user_command_outlives_it(backend: Backend, args: &[&str], stdin: &str) {
-    let settings = [POLL[0], ("AUTH_LOGIN_FREE_ATTEMPTS", "1000")];
+    // The logins after the command fail: no throttle may turn them into another answer.
+    let settings = [
+        POLL[0],
+        ("AUTH_LOGIN_FREE_ATTEMPTS", "1000"),
+        ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "100000"),
+    ];
     let app = TestApp::spawn_with(backend, &settings).await;
     app.add_user("alice@example.com", PASSWORD).await;
     let stop = Arc::new(AtomicBool::new(false));

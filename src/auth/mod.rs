@@ -204,7 +204,7 @@ impl Authenticator {
                         email.as_str(),
                         now,
                         now - throttle::FAILURE_MEMORY,
-                        |n| backoff.delay(n),
+                        |failures, at| backoff.block_end(failures, at),
                     )
                     .await?;
                 if let Some(ip) = client {

@@ -38,6 +38,19 @@ impl Backoff {
         };
         TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)
     }
+
+    /// When the block imposed at `now` after `failures` failures ends. Within the free
+    /// attempts there is no block at all (the epoch): recording `now` instead would refuse, as
+    /// throttled, a login that began a moment before this failure was recorded.
+    pub fn block_end(&self, failures: u32, now: DateTime<Utc>) -> DateTime<Utc> {
+        let delay = self.delay(failures);
+        if delay > TimeDelta::zero() {
+            now.checked_add_signed(delay)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        } else {
+            DateTime::<Utc>::UNIX_EPOCH
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,14 +100,14 @@ impl AddressThrottle {
         let entry = entries.entry(address).or_insert(Failures {
             count: 0,
             last: now,
-            blocked_until: now,
+            blocked_until: DateTime::<Utc>::UNIX_EPOCH,
         });
         if now - entry.last >= FAILURE_MEMORY {
             entry.count = 0;
         }
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-        entry.blocked_until = now + self.backoff.delay(entry.count);
+        entry.blocked_until = self.backoff.block_end(entry.count, now);
     }
 }
 
@@ -113,6 +126,22 @@ mod tests {
         let seconds: Vec<i64> = (0..12).map(|n| BACKOFF.delay(n).num_seconds()).collect();
         assert_eq!(seconds, [0, 0, 0, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(BACKOFF.delay(u32::MAX).num_seconds(), 60);
+    }
+
+    /// A failure within the free attempts blocks nobody, not even a login that began a moment
+    /// before it was recorded.
+    #[test]
+    fn a_free_failure_blocks_no_login_however_close_in_time() {
+        let now = Utc::now();
+        assert_eq!(BACKOFF.block_end(1, now), DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(BACKOFF.block_end(4, now), now + TimeDelta::seconds(2));
+        let throttle = AddressThrottle::new(BACKOFF);
+        let address: IpAddr = "192.0.2.7".parse().unwrap();
+        throttle.record_failure(address, now);
+        assert_eq!(
+            throttle.blocked_until(address, now - TimeDelta::milliseconds(1)),
+            None
+        );
     }
 
     #[test]

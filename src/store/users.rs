@@ -1,6 +1,6 @@
 //! Users and their failed logins: the queries of login, the CLI and user administration.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
 use uuid::Uuid;
 
@@ -71,14 +71,14 @@ impl Store {
     }
 
     /// Counts a failed login for `email` (forgetting failures before `forget_before`) and
-    /// blocks it for `delay(failures)`; returns the new count.
-    #[tracing::instrument(skip(self, delay), level = "debug")]
+    /// blocks it until `block_end(failures, now)`; returns the new count.
+    #[tracing::instrument(skip(self, block_end), level = "debug")]
     pub async fn record_login_failure(
         &self,
         email: &str,
         now: DateTime<Utc>,
         forget_before: DateTime<Utc>,
-        delay: impl Fn(u32) -> TimeDelta,
+        block_end: impl Fn(u32, DateTime<Utc>) -> DateTime<Utc>,
     ) -> Result<u32, StoreError> {
         let _turn = self.write_turn().await?;
         use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -111,9 +111,7 @@ impl Store {
             return Err(missing("login attempt just written"));
         };
         let failures = u32::try_from(row.failures).unwrap_or(0);
-        let blocked_until = now
-            .checked_add_signed(delay(failures))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let blocked_until = block_end(failures, now);
         login_attempt::Entity::update_many()
             .col_expr(login_attempt::Column::BlockedUntil, blocked_until.into())
             .filter(login_attempt::Column::Email.eq(email))
