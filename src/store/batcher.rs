@@ -6,18 +6,12 @@
 //! per store takes every rotation waiting in line, up to [`MAX_BATCH`] of distinct sessions,
 //! and runs them as one statement ([`Returning::rotate`]): each row passes or fails its own
 //! conditions, so a refused rotation changes nothing and takes nothing from the others.
-//! On PostgreSQL a few batches run at once, over disjoint sessions, so one commit's wait
-//! overlaps the next batch's work; no two of them ever lock the same row, so they cannot
-//! deadlock each other. SQLite, with one writer, runs one at a time. BENCHMARKS.md has the
-//! figures.
+//! BENCHMARKS.md has the figures.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -28,9 +22,6 @@ use super::{
 
 /// Rotations waiting for the batcher; callers beyond it wait to enqueue.
 const QUEUE: usize = 1024;
-
-/// Batches under way at once on PostgreSQL, each on a pooled connection of its own.
-const PARALLEL_BATCHES: usize = 3;
 
 /// The sending side: cheap to clone, one per [`super::Store`].
 #[derive(Debug, Clone)]
@@ -72,149 +63,67 @@ impl RotationBatcher {
     }
 }
 
-/// What the batches under way hold: their sessions, and a signal when one ends.
-#[derive(Default)]
-struct UnderWay {
-    sessions: Mutex<HashSet<Uuid>>,
-    ended: Notify,
-}
-
-impl UnderWay {
-    fn holds(&self, session: Uuid) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.contains(&session)
-    }
-
-    fn claim(&self, batch: &[Job]) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.extend(batch.iter().map(Job::session));
-    }
-
-    fn release(&self, batch: &[Job]) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        for job in batch {
-            sessions.remove(&job.session());
-        }
-        drop(sessions);
-        self.ended.notify_one();
-    }
-}
-
-/// The batcher's task: forms a batch whenever a slot is free and hands it to a task of its
-/// own.
+/// The batcher's task: a batch at a time, so no two of this process's batches ever wait for
+/// each other's row locks.
 async fn run(db: DatabaseConnection, turn: Option<WriteTurn>, mut queue: mpsc::Receiver<Job>) {
-    let slots = Arc::new(Semaphore::new(if turn.is_some() {
-        1
-    } else {
-        PARALLEL_BATCHES
-    }));
-    let under_way = Arc::new(UnderWay::default());
-    // Rotations of a session that is in a batch already (this one or one under way): one
-    // statement must not name a row twice (which join row would update it is undefined), and
-    // two batches must not wait for each other's rows, so they wait for a later batch.
-    // Bounded by the callers waiting, one job each.
+    // Rotations of a session that already had one in the batch being formed: one statement
+    // must not name a row twice (which join row would update it is undefined), so they wait
+    // for the next. Bounded by the callers waiting, one job each.
     let mut deferred = VecDeque::new();
     loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+        let first = match deferred.pop_front() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
         };
-        let Some(first) = next_free(&mut deferred, &mut queue, &under_way).await else {
-            return;
-        };
-        // On SQLite the turn first: rotations queue up meanwhile and join this batch, and the
-        // check below comes as late as it can.
+        // The turn first: rotations queue up meanwhile and join this batch, and the check
+        // below comes as late as it can.
         let guard = match &turn {
-            Some(turn) => {
-                let lock = Arc::clone(&turn.lock);
-                match tokio::time::timeout(turn.timeout, lock.lock_owned()).await {
-                    Ok(guard) => Some(guard),
-                    Err(_) => {
-                        let waited = "timed out waiting for the SQLite write lock";
-                        let _ = first.outcome.send(Err(unavailable(waited.into())));
-                        continue;
-                    }
+            Some(turn) => match tokio::time::timeout(turn.timeout, turn.lock.lock()).await {
+                Ok(guard) => Some(guard),
+                Err(_) => {
+                    let waited = "timed out waiting for the SQLite write lock";
+                    let _ = first.outcome.send(Err(unavailable(waited.into())));
+                    continue;
                 }
-            }
+            },
             None => None,
         };
-        let mut batch = collect(first, &mut deferred, &mut queue, &under_way);
+        let mut batch = collect(first, &mut deferred, &mut queue);
         // A caller that gave up (its deadline passed) must not have its token rotated behind
         // its back: the client would hold a used token and its next Refresh would be a reuse.
         batch.retain(|job| !job.outcome.is_closed());
         if batch.is_empty() {
             continue;
         }
-        under_way.claim(&batch);
-        let (db, under_way) = (db.clone(), Arc::clone(&under_way));
-        tokio::spawn(async move {
-            let outcome = execute(&db, &batch).await;
-            drop(guard);
-            under_way.release(&batch);
-            drop(slot);
-            answer(batch, outcome);
-        });
-    }
-}
-
-/// The first rotation waiting whose session no batch holds: a deferred one, else the next to
-/// arrive (waiting for a batch to end when every one waiting is held).
-async fn next_free(
-    deferred: &mut VecDeque<Job>,
-    queue: &mut mpsc::Receiver<Job>,
-    under_way: &UnderWay,
-) -> Option<Job> {
-    loop {
-        if let Some(at) = deferred
-            .iter()
-            .position(|job| !under_way.holds(job.session()))
-        {
-            return deferred.remove(at);
-        }
-        tokio::select! {
-            job = queue.recv() => {
-                let job = job?;
-                if !under_way.holds(job.session()) {
-                    return Some(job);
+        let outcome = execute(&db, &batch).await;
+        drop(guard);
+        match outcome {
+            Ok(mut rotated) => {
+                for job in batch {
+                    // The caller may have gone since; its rotation stands, as after any commit.
+                    let outcome = rotated.remove(&job.session());
+                    let _ = job.outcome.send(Ok(outcome));
                 }
-                deferred.push_back(job);
             }
-            () = under_way.ended.notified() => {}
-        }
-    }
-}
-
-/// Sends each caller its rotation's outcome.
-fn answer(batch: Vec<Job>, outcome: Result<HashMap<Uuid, Rotated>, StoreError>) {
-    match outcome {
-        Ok(mut rotated) => {
-            for job in batch {
-                // The caller may have gone since; its rotation stands, as after any commit.
-                let outcome = rotated.remove(&job.session());
-                let _ = job.outcome.send(Ok(outcome));
-            }
-        }
-        Err(err) => {
-            tracing::warn!(error = %err, rotations = batch.len(), "a batch of rotations failed");
-            for job in batch {
-                let _ = job.outcome.send(Err(copy(&err)));
+            Err(err) => {
+                tracing::warn!(error = %err, rotations = batch.len(), "a batch of rotations failed");
+                for job in batch {
+                    let _ = job.outcome.send(Err(copy(&err)));
+                }
             }
         }
     }
 }
 
-/// `first` and whatever else is waiting, up to [`MAX_BATCH`] rotations of distinct sessions
-/// that no batch under way holds.
-fn collect(
-    first: Job,
-    deferred: &mut VecDeque<Job>,
-    queue: &mut mpsc::Receiver<Job>,
-    under_way: &UnderWay,
-) -> Vec<Job> {
+/// `first` and whatever else is waiting, up to [`MAX_BATCH`] rotations of distinct sessions.
+fn collect(first: Job, deferred: &mut VecDeque<Job>, queue: &mut mpsc::Receiver<Job>) -> Vec<Job> {
     let mut sessions = HashSet::from([first.session()]);
     let mut batch = vec![first];
     let mut admit = |job: Job, batch: &mut Vec<Job>, later: &mut VecDeque<Job>| {
-        let free = !under_way.holds(job.session());
-        if batch.len() < MAX_BATCH && free && sessions.insert(job.session()) {
+        if batch.len() < MAX_BATCH && sessions.insert(job.session()) {
             batch.push(job);
         } else {
             later.push_back(job);
