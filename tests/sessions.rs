@@ -761,3 +761,88 @@ async fn a_call_behind_a_held_lock_is_unavailable_and_changes_nothing(backend: B
         "the token was left half-rotated: {rotated:?}"
     );
 }
+
+/// A batch of rotations costs primary-key lookups per row, whatever the number of live
+/// sessions: `sessions` and `users` are read only in per-row subplans, never joined against
+/// the batch (PostgreSQL hashed an `EXISTS` over a scan of all 10,000 sessions here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rotation_batches_look_up_sessions_and_users_by_primary_key() {
+    use authd::store::{MAX_BATCH, rotation_statement};
+    use chrono::{Duration as Span, Utc};
+    use sea_orm::sqlx::{self, Connection as _, Executor as _, PgConnection, Row as _};
+
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let mut conn = PgConnection::connect(app.db.url()).await.unwrap();
+    conn.execute(
+        "INSERT INTO users (id, email, password_hash, created_at, updated_at) \
+         VALUES ('00000000-0000-0000-0000-000000000001', 'plan@example.com', 'unused', now(), now()); \
+         INSERT INTO sessions (id, user_id, created_at) \
+         SELECT md5(s::text)::uuid, '00000000-0000-0000-0000-000000000001', now() \
+         FROM generate_series(1, 10000) AS s; \
+         INSERT INTO refresh_tokens (session_id, user_id, session_started_at, generation, \
+           secret_hash, rotated_at, expires_at, retried) \
+         SELECT id, user_id, now(), 1, sha256(id::text::bytea), now(), now() + interval '1 day', \
+           FALSE FROM sessions; \
+         ANALYZE",
+    )
+    .await
+    .unwrap();
+    let sessions: Vec<uuid::Uuid> = sqlx::query("SELECT id FROM sessions LIMIT $1")
+        .bind(i64::try_from(MAX_BATCH).unwrap())
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let sql = format!("EXPLAIN {}", rotation_statement(MAX_BATCH));
+    let now = Utc::now();
+    let mut explain = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for session in &sessions {
+        explain = explain
+            .bind(*session)
+            .bind(1_i64)
+            .bind(vec![0_u8; 32])
+            .bind(vec![1_u8; 32])
+            .bind(now + Span::days(1))
+            .bind(now)
+            .bind(now - Span::days(30));
+    }
+    let plan: Vec<String> = explain
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut lookups = 0;
+    for (at, line) in plan.iter().enumerate() {
+        if !(line.contains(" on sessions ") || line.contains(" on users ")) {
+            continue;
+        }
+        let parent = plan[..at]
+            .iter()
+            .rev()
+            .find(|above| indent(above) < indent(line))
+            .unwrap();
+        assert!(
+            parent.trim_start().starts_with("SubPlan"),
+            "{line:?} is under {parent:?}, not a per-row subplan:\n{}",
+            plan.join("\n")
+        );
+        lookups += 1;
+    }
+    assert!(
+        lookups >= 2,
+        "no lookups of sessions and users:\n{}",
+        plan.join("\n")
+    );
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("Index Scan using") && line.contains(" on refresh_tokens")),
+        "the batch does not reach its rows by primary key:\n{}",
+        plan.join("\n")
+    );
+}

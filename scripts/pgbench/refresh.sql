@@ -10,10 +10,10 @@ UPDATE refresh_tokens SET generation = generation + 1,
     AND secret_hash = sha256(convert_to((:client_id + 1) || '-' || :gen, 'UTF8'))
     AND expires_at > now()
     AND session_started_at > now() - interval '30 days'
-    AND EXISTS (SELECT 1 FROM sessions s
-      WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL)
-    AND EXISTS (SELECT 1 FROM users u
-      WHERE u.id = refresh_tokens.user_id AND u.disabled_at IS NULL)
+    AND (SELECT s.revoked_at IS NULL FROM sessions s
+      WHERE s.id = refresh_tokens.session_id)
+    AND (SELECT u.disabled_at IS NULL FROM users u
+      WHERE u.id = refresh_tokens.user_id)
   RETURNING generation AS gen, user_id,
     (SELECT u.email FROM users u WHERE u.id = refresh_tokens.user_id) AS email,
     session_started_at, expires_at \gset

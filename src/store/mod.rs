@@ -8,7 +8,7 @@ mod rotation;
 mod sessions;
 mod users;
 
-pub use rotation::{Credential, RefreshClock, Rotated};
+pub use rotation::{Credential, MAX_BATCH, RefreshClock, Rotated, rotation_statement};
 pub use sessions::{
     FIRST_GENERATION, LegacyToken, NewSession, RefreshState, RevokedReason, SweptSessions,
 };

@@ -19,15 +19,18 @@ use super::StoreError;
 
 /// Rotations carried by one statement at most: it holds its rows' locks (and on SQLite the
 /// write lock) until it commits, so this bounds how long other writers wait.
-pub(super) const MAX_BATCH: usize = 64;
+pub const MAX_BATCH: usize = 64;
 
-/// The session is not revoked and its user is enabled.
+/// The session is not revoked and its user is enabled (a missing row reads NULL: refused).
+/// Scalar subqueries, not `EXISTS`: PostgreSQL turns an `EXISTS` into a semi-join, and for a
+/// batch it hashes the VALUES list against a scan of the whole `sessions` table, which grows
+/// with every live session; a scalar subquery stays one primary-key lookup per updated row.
 macro_rules! live_session_and_user {
     () => {
-        " AND EXISTS (SELECT 1 FROM sessions s \
-           WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NULL) \
-         AND EXISTS (SELECT 1 FROM users u \
-           WHERE u.id = refresh_tokens.user_id AND u.disabled_at IS NULL)"
+        " AND (SELECT s.revoked_at IS NULL FROM sessions s \
+           WHERE s.id = refresh_tokens.session_id) \
+         AND (SELECT u.disabled_at IS NULL FROM users u \
+           WHERE u.id = refresh_tokens.user_id)"
     };
 }
 
@@ -74,6 +77,12 @@ fn rotate_sql(rotations: usize) -> String {
 
 /// [`rotate_sql`] for each batch size, built once (and prepared once per connection).
 static ROTATE: LazyLock<Vec<String>> = LazyLock::new(|| (0..=MAX_BATCH).map(rotate_sql).collect());
+
+/// The rotation statement for a batch of `rotations` (at most [`MAX_BATCH`]), as it runs;
+/// public so that its query plan can be checked against a real database.
+pub fn rotation_statement(rotations: usize) -> &'static str {
+    &ROTATE[rotations.min(MAX_BATCH)]
+}
 
 /// Spends the one reuse-grace retry of the session's current token, if it was issued after
 /// `$6`: the caller hands that same token out again. `$1` session, `$2` now, `$3` the oldest
@@ -158,7 +167,7 @@ impl Returning {
             })
             .collect();
         Self {
-            sql: &ROTATE[rotations.len().min(MAX_BATCH)],
+            sql: rotation_statement(rotations.len()),
             values,
         }
     }
