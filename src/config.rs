@@ -96,6 +96,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// HTTP/2 bounds on each gRPC connection, so that one peer cannot hold unbounded state.
+    pub grpc_connection: GrpcConnectionLimits,
     /// `AUTH_DB_PROBE_INTERVAL`: how often a background probe checks the database; health is
     /// NOT_SERVING while it fails (each probe gives up after `AUTH_DB_ACQUIRE_TIMEOUT`).
     pub db_probe_interval: Duration,
@@ -186,6 +188,20 @@ pub struct TlsFiles {
     /// `AUTH_TLS_CLIENT_CA_FILE`: when set, clients must present a certificate signed by this
     /// CA (mutual TLS); one without is refused at the handshake.
     pub client_ca: Option<PathBuf>,
+}
+
+/// What one gRPC connection may hold. Without a stream limit hyper accepts every stream a
+/// peer opens (each costs memory until the peer ends it); keepalive pings find the peers that
+/// vanished without closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcConnectionLimits {
+    /// `AUTH_GRPC_MAX_CONCURRENT_STREAMS`: calls open at once on one connection, advertised
+    /// in SETTINGS; a stream beyond it is refused (RST_STREAM REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// `AUTH_GRPC_KEEPALIVE_INTERVAL`: how often an HTTP/2 PING goes to each peer.
+    pub keepalive_interval: Duration,
+    /// `AUTH_GRPC_KEEPALIVE_TIMEOUT`: a peer that has not answered a PING by then is closed.
+    pub keepalive_timeout: Duration,
 }
 
 /// Argon2id cost parameters. The defaults are OWASP's recommendation (19 MiB, 2 passes, 1 lane).
@@ -293,6 +309,15 @@ impl Config {
             },
             trust_forwarded_for: vars.flag("AUTH_TRUST_FORWARDED_FOR", false)?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
+            grpc_connection: GrpcConnectionLimits {
+                max_concurrent_streams: vars.number(
+                    "AUTH_GRPC_MAX_CONCURRENT_STREAMS",
+                    100,
+                    1..=10_000,
+                )?,
+                keepalive_interval: vars.duration("AUTH_GRPC_KEEPALIVE_INTERVAL", "30s")?,
+                keepalive_timeout: vars.duration("AUTH_GRPC_KEEPALIVE_TIMEOUT", "10s")?,
+            },
             db_probe_interval: vars.duration("AUTH_DB_PROBE_INTERVAL", "5s")?,
             revocation_poll: vars.duration("AUTH_REVOCATION_POLL", "1s")?,
             cleanup_schedule: cron_schedule(vars.raw("AUTH_CLEANUP_SCHEDULE", "0 0 0 * * *"))?,

@@ -181,7 +181,16 @@ impl Application {
         .max_decoding_message_size(self.config.max_request_bytes);
         let cors = browser::cors(&self.config.cors_origins).context("AUTH_CORS_ORIGINS")?;
         // Browsers speak HTTP/1.1 to a plain-text port (and HTTP/2 over TLS via ALPN).
-        let mut builder = Server::builder().accept_http1(true);
+        let limits = self.config.grpc_connection;
+        let mut builder = Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // tonic passes `None` for both unless told, and `None` turns hyper's defences off:
+            // these are h2's and hyper's own defaults (RUSTSEC-2024-0003, rapid reset).
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS));
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)
@@ -230,6 +239,12 @@ impl Application {
         Ok(())
     }
 }
+
+/// Streams a peer may reset before the server has accepted them, then GOAWAY (h2's default).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the server may reset for a peer's protocol errors, then GOAWAY (hyper's default).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// The accepted connections, with Nagle's algorithm off. tonic sets TCP_NODELAY only on
 /// listeners it binds itself; without it, a response written in two segments (Login's and

@@ -1,12 +1,18 @@
 //! Arbitrary bytes and arbitrary field values sent to the real server: every answer is one of
-//! the documented statuses, and the server stays up.
+//! the documented statuses, and the server stays up. Raw HTTP/2 floods: one connection cannot
+//! hold more than its share.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::{Buf as _, BufMut as _};
-use common::{Backend, TestApp, validate};
+use common::{
+    Backend, PASSWORD, TestApp, TestDatabase, add_user, login, process::AuthdProcess, validate,
+};
 use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{
     Code, Request, Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -162,4 +168,166 @@ fn arbitrary_field_values_get_documented_statuses() {
             Ok(())
         })
         .unwrap();
+}
+
+on_both_backends!(one_connection_cannot_open_more_streams_than_advertised);
+
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_RST_STREAM: u8 = 0x3;
+const FRAME_SETTINGS: u8 = 0x4;
+const FRAME_GOAWAY: u8 = 0x7;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const REFUSED_STREAM: u32 = 0x7;
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A Login request's headers, HPACK literals without indexing or Huffman coding.
+fn login_headers() -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/auth.v1.AuthService/Login"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0x00);
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Reads one frame: kind, flags, stream and payload.
+async fn read_frame(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut header = [0_u8; 9];
+    reader.read_exact(&mut header).await.ok()?;
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0_u8; length];
+    reader.read_exact(&mut payload).await.ok()?;
+    Some((header[3], header[4], stream, payload))
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// 30,000 streams that send headers and never a body, on one connection: the server advertises
+/// its limit, refuses the streams beyond it, stays small, and serves the next client at once.
+async fn one_connection_cannot_open_more_streams_than_advertised(backend: Backend) {
+    const STREAMS: u32 = 30_000;
+    const LIMIT: u32 = 100;
+    let db = TestDatabase::create(backend).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let server = AuthdProcess::spawn(&db, &[("AUTH_GRPC_MAX_CONCURRENT_STREAMS", "100")]).await;
+    let pid = server.child.id().unwrap();
+
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    writer
+        .write_all(&frame(FRAME_SETTINGS, 0, 0, &[]))
+        .await
+        .unwrap();
+    let advertised = loop {
+        let (kind, flags, _, payload) = read_frame(&mut reader).await.expect("server SETTINGS");
+        if kind == FRAME_SETTINGS && flags & 0x1 == 0 {
+            break payload
+                .chunks_exact(6)
+                .find(|setting| {
+                    u16::from_be_bytes([setting[0], setting[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS
+                })
+                .map(|setting| {
+                    u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]])
+                });
+        }
+    };
+    assert_eq!(advertised, Some(LIMIT), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    writer
+        .write_all(&frame(FRAME_SETTINGS, 0x1, 0, &[]))
+        .await
+        .unwrap();
+
+    // Count what the server answers while the flood goes out, so its writes never block.
+    let answers = tokio::spawn(async move {
+        let (mut refused, mut goaway) = (0_u32, false);
+        while let Some((kind, _, _, payload)) = read_frame(&mut reader).await {
+            match kind {
+                FRAME_RST_STREAM
+                    if u32::from_be_bytes(payload[..4].try_into().unwrap()) == REFUSED_STREAM =>
+                {
+                    refused += 1
+                }
+                FRAME_GOAWAY => goaway = true,
+                _ => {}
+            }
+        }
+        (refused, goaway)
+    });
+    let headers = login_headers();
+    let mut peak_kib = 0;
+    for id in 0..STREAMS {
+        // END_HEADERS, and no END_STREAM: the request body never comes.
+        if writer
+            .write_all(&frame(FRAME_HEADERS, 0x4, 2 * id + 1, &headers))
+            .await
+            .is_err()
+        {
+            break; // the server closed the connection: also a refusal
+        }
+        if id % 1_000 == 0 {
+            peak_kib = peak_kib.max(resident_kib(pid));
+        }
+    }
+    peak_kib = peak_kib.max(resident_kib(pid));
+    drop(writer);
+    let (refused, goaway) = tokio::time::timeout(Duration::from_secs(30), answers)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        goaway || refused >= STREAMS - LIMIT,
+        "{refused} of {STREAMS} streams refused, no GOAWAY"
+    );
+    let after_kib = resident_kib(pid);
+    assert!(
+        peak_kib < 128 * 1024,
+        "resident {peak_kib} KiB during the flood"
+    );
+    assert!(
+        after_kib < 128 * 1024,
+        "resident {after_kib} KiB after the flood"
+    );
+
+    let client = server.client().await;
+    let session = tokio::time::timeout(
+        Duration::from_secs(2),
+        login(&client, "alice@example.com", PASSWORD),
+    )
+    .await
+    .expect("a Login right after the flood answers within 2 s")
+    .expect("the Login succeeds");
+    validate(&client, &session.access_token).await.unwrap();
 }
