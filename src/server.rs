@@ -302,7 +302,9 @@ fn load_tls(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
         std::fs::read(path).with_context(|| format!("while reading {variable}={}", path.display()))
     };
     let cert = read(&files.cert, "AUTH_TLS_CERT_FILE")?;
-    let key = read(&files.key, "AUTH_TLS_KEY_FILE")?;
+    let key = crate::auth::read_private(&files.key)
+        .context("while reading AUTH_TLS_KEY_FILE")?
+        .into_bytes();
     let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
     if let Some(ca) = &files.client_ca {
         let ca = read(ca, "AUTH_TLS_CLIENT_CA_FILE")?;

@@ -184,7 +184,34 @@ mod refuses_to_start {
         authd::auth::generate_key_file(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let stderr = start_failure(&[("AUTH_SIGNING_KEY_FILE", path.to_str().unwrap())]).await;
-        assert!(stderr.contains("world-readable"), "{stderr}");
+        assert!(stderr.contains("mode 0644"), "{stderr}");
+        assert!(stderr.contains("chmod 600"), "{stderr}");
+    }
+
+    /// A TLS key its owner's group may read: refused, naming the file and the fix. Owned by
+    /// `nobody`, since the rule lets a root-owned file be read by its group (Kubernetes).
+    #[tokio::test]
+    async fn with_a_group_readable_tls_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(&key_path, Some(65534), Some(65534)).unwrap();
+        let stderr = start_failure(&[
+            ("AUTH_TLS_CERT_FILE", cert_path.to_str().unwrap()),
+            ("AUTH_TLS_KEY_FILE", key_path.to_str().unwrap()),
+        ])
+        .await;
+        assert!(stderr.contains("AUTH_TLS_KEY_FILE"), "{stderr}");
+        assert!(stderr.contains(key_path.to_str().unwrap()), "{stderr}");
+        assert!(stderr.contains("mode 0640"), "{stderr}");
+        assert!(stderr.contains("chmod 600"), "{stderr}");
     }
 
     #[tokio::test]
@@ -305,4 +332,48 @@ async fn logs_name_each_call_but_never_a_secret() {
         !cli_log.contains(new_password),
         "a password reached the log"
     );
+}
+
+/// The first start on SQLite, under umask 000, creates its data folder 0700 and the database,
+/// its `-wal` and `-shm` files and both keys 0600.
+#[tokio::test]
+async fn the_first_start_creates_private_files_whatever_the_umask() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("data");
+    let url = format!("sqlite://{}?mode=rwc", folder.join("authd.db").display());
+    let binary = authd_command(&db, &[]).as_std().get_program().to_owned();
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", "umask 000 && exec \"$0\" serve"])
+        .arg(binary)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("RUST_LOG", "warn")
+        .envs(common::settings(
+            &db,
+            &[("AUTH_DATABASE_URL", url.as_str())],
+        ))
+        .current_dir(root.path())
+        .kill_on_drop(true);
+    let mut server = command.spawn().unwrap();
+    let files = [
+        "authd.db",
+        "authd.db-wal",
+        "authd.db-shm",
+        "signing_key.pem",
+        "refresh_key.pem",
+    ];
+    common::eventually(Duration::from_secs(30), "the first start's files", || {
+        let all = files.iter().all(|file| folder.join(file).exists());
+        async move { all.then_some(()) }
+    })
+    .await;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&folder), 0o700, "the data folder");
+    for file in files {
+        assert_eq!(mode(&folder.join(file)), 0o600, "{file}");
+    }
+    server.kill().await.unwrap();
 }

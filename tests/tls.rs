@@ -9,6 +9,8 @@ use authd::{
     server::Application,
 };
 use common::{Backend, TestDatabase, settings};
+use std::os::unix::fs::PermissionsExt as _;
+
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tonic::{
     Code,
@@ -45,6 +47,9 @@ impl Pki {
         ] {
             std::fs::write(dir.path().join(file), pem).unwrap();
         }
+        // A private key others may read is refused at start.
+        let key = dir.path().join("server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         Self {
             dir,
             ca_pem,

@@ -69,11 +69,16 @@ pub enum KeyError {
         /// What the parser said.
         problem: String,
     },
-    /// A private key file that every user of the machine may read.
-    #[error("{path}: world-readable; restrict it (chmod 600) before using it as a key")]
-    WorldReadable {
+    /// A private key file that users other than its owner may read or change.
+    #[error(
+        "{path}: mode {mode:04o} lets other users read or change it; run `chmod 600 {path}` \
+         (0640 is accepted only for a file owned by root, as Kubernetes mounts Secrets)"
+    )]
+    TooOpen {
         /// The key file.
         path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// `authd keys generate` would overwrite a file.
     #[error("{path}: already exists; not overwritten")]
@@ -284,18 +289,30 @@ fn read(path: &Path) -> Result<String, KeyError> {
     })
 }
 
-/// Reads a private key file, refusing one that every user may read.
-fn read_private(path: &Path) -> Result<String, KeyError> {
+/// Reads a private key file (signing, refresh, grace or TLS), refusing one that users other
+/// than its owner may read or change.
+pub fn read_private(path: &Path) -> Result<String, KeyError> {
+    use std::os::unix::fs::MetadataExt as _;
     let metadata = std::fs::metadata(path).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,
     })?;
-    if metadata.permissions().mode() & 0o004 != 0 {
-        return Err(KeyError::WorldReadable {
+    let mode = metadata.permissions().mode() & 0o7777;
+    if !private_enough(mode, metadata.uid()) {
+        return Err(KeyError::TooOpen {
             path: path.to_owned(),
+            mode,
         });
     }
     read(path)
+}
+
+/// PostgreSQL's rule for its own key files: nobody but the owner may read a key (0600 or
+/// less), except that a file owned by root may also be read by its group (0640 or less), which
+/// is how Kubernetes mounts a Secret for a non-root process with `fsGroup`.
+fn private_enough(mode: u32, owner_uid: u32) -> bool {
+    let allowed = if owner_uid == 0 { 0o740 } else { 0o700 };
+    mode & 0o777 & !allowed == 0
 }
 
 fn format_error(path: &Path, problem: &dyn std::fmt::Display) -> KeyError {
@@ -494,6 +511,28 @@ mod tests {
     }
 
     #[test]
+    fn key_files_must_be_private_to_their_owner_or_to_root_and_its_group() {
+        for (mode, owner, private) in [
+            (0o600, 1000, true),
+            (0o400, 1000, true),
+            (0o640, 1000, false),
+            (0o604, 1000, false),
+            (0o620, 1000, false),
+            (0o640, 0, true),
+            (0o440, 0, true),
+            (0o660, 0, false),
+            (0o644, 0, false),
+            (0o600, 0, true),
+        ] {
+            assert_eq!(
+                private_enough(mode, owner),
+                private,
+                "{mode:o} owned by {owner}"
+            );
+        }
+    }
+
+    #[test]
     fn a_world_readable_private_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
@@ -501,11 +540,11 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             load_signing_key(Some(&path), None),
-            Err(KeyError::WorldReadable { .. })
+            Err(KeyError::TooOpen { .. })
         ));
         assert!(matches!(
             load_verification_key(&path),
-            Err(KeyError::WorldReadable { .. })
+            Err(KeyError::TooOpen { .. })
         ));
     }
 

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 pub use access_token::{
     AccessClaims, KeyError, TokenKeys, generate_key_file, load_signing_key, load_verification_key,
+    read_private,
 };
 pub use credentials::{Email, Password};
 pub use error::AuthError;

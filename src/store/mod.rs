@@ -146,15 +146,47 @@ struct WriteTurn {
     timeout: std::time::Duration,
 }
 
+/// Creates the SQLite file (0600) and any missing folder above it (0700) before SQLite does,
+/// whatever the umask: the file holds emails and password hashes, and SQLite gives its `-wal`
+/// and `-shm` files the database file's mode.
+fn create_private(file: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let failed = |path: &std::path::Path, e: std::io::Error| {
+        unavailable(format!("cannot create {}: {e}", path.display()))
+    };
+    if let Some(folder) = file
+        .parent()
+        .filter(|folder| !folder.as_os_str().is_empty())
+        && !folder.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(folder)
+            .map_err(|e| failed(folder, e))?;
+        // The mode above is masked by the umask; this is not.
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| failed(folder, e))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(created) => created
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| failed(file, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(failed(file, e)),
+    }
+}
+
 impl Store {
     /// Connects (creating the SQLite file and its folder if needed); does not migrate.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
-        let sqlite_folder = sqlite_file(&config.database_url)
-            .and_then(|path| path.parent().map(PathBuf::from))
-            .filter(|folder| !folder.as_os_str().is_empty());
-        if let Some(folder) = sqlite_folder {
-            std::fs::create_dir_all(&folder)
-                .map_err(|e| unavailable(format!("cannot create {}: {e}", folder.display())))?;
+        if let Some(file) = sqlite_file(&config.database_url) {
+            create_private(&file)?;
         }
         let mut options = ConnectOptions::new(config.database_url.clone());
         let lock_timeout = config.db_lock_timeout;
