@@ -371,6 +371,10 @@ async fn probe_database(
         ticker.tick().await;
         let outcome = tokio::time::timeout(timeout, store.ping()).await;
         let now_reachable = matches!(outcome, Ok(Ok(())));
+        if !now_reachable {
+            let discarded = store.discard_idle_connections();
+            tracing::debug!(discarded, "idle database connections discarded");
+        }
         if now_reachable == reachable {
             continue;
         }

@@ -84,6 +84,72 @@ async fn a_database_outage_is_unavailable_then_recovers_without_a_restart() {
         .expect("logout after");
 }
 
+/// PostgreSQL killed with SIGKILL while the pool holds connections, then started again: health
+/// says SERVING within a few probes, and from then on no call fails on a connection from
+/// before the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_crash_serving_means_every_call_succeeds_at_once() {
+    let server = Arc::new(ThrowawayPostgres::start());
+    let db = TestDatabase::create_on(&server.url(), Some(Arc::clone(&server))).await;
+    let settings = [
+        ("AUTH_DB_PROBE_INTERVAL", "1s"),
+        ("AUTH_DB_ACQUIRE_TIMEOUT", "1s"),
+    ];
+    let app = TestApp::spawn_on(db, &settings).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let logins = |app: &TestApp| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let client = app.client.clone();
+                tokio::spawn(async move { login(&client, "alice@example.com", PASSWORD).await })
+            })
+            .collect();
+        async move {
+            let mut sessions = Vec::new();
+            for call in calls {
+                sessions.push(answered(call).await.unwrap());
+            }
+            sessions
+        }
+    };
+    // Eight at once fill the pool with connections that the crash will break.
+    let before: Vec<_> = logins(&app).await.into_iter().map(Result::unwrap).collect();
+    wait_for_health(app.addr, ServingStatus::Serving, Duration::from_secs(5)).await;
+    assert!(
+        pooled_connections(&app.db).await >= 8,
+        "the pool holds a connection per login"
+    );
+
+    server.kill();
+    wait_for_health(app.addr, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    server.start_again();
+    // Within a few probes, not one probe per dead pooled connection.
+    wait_for_health(app.addr, ServingStatus::Serving, Duration::from_secs(5)).await;
+
+    for (at, outcome) in logins(&app).await.into_iter().enumerate() {
+        outcome.unwrap_or_else(|status| panic!("login {at} after SERVING: {status:?}"));
+    }
+    let refreshed = answered(refresh(&app.client, &before[0].refresh_token)).await;
+    let refreshed = refreshed.expect("the first Refresh after SERVING");
+    validate(&app.client, &refreshed.access_token)
+        .await
+        .expect("the first Validate after SERVING");
+}
+
+/// Connections to the test's database other than the one asking, from pg_stat_activity.
+async fn pooled_connections(db: &TestDatabase) -> i64 {
+    use sea_orm::{ConnectionTrait as _, Statement};
+    let conn = Database::connect(db.url()).await.unwrap();
+    let sql = "SELECT count(*) - 1 AS n FROM pg_stat_activity WHERE datname = current_database()";
+    let row = conn
+        .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    conn.close().await.unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
 struct Chain {
     /// The newest refresh token the client received.
     last: String,

@@ -251,6 +251,27 @@ impl Store {
         Ok(())
     }
 
+    /// Drops every idle pooled PostgreSQL connection, without a goodbye to a server that may
+    /// be gone; returns how many. Called while the database probe fails: each idle connection
+    /// from before an outage is dead, and would otherwise fail one call after the database is
+    /// back, or one probe each, keeping health NOT_SERVING a probe interval per connection.
+    pub fn discard_idle_connections(&self) -> usize {
+        use sea_orm::DatabaseConnectionType as Pool;
+        let Pool::SqlxPostgresPoolConnection(_) = &self.db.inner else {
+            return 0;
+        };
+        let pool = self.db.get_postgres_connection_pool();
+        let mut discarded = 0;
+        for _ in 0..pool.num_idle() {
+            let Some(connection) = pool.try_acquire() else {
+                break;
+            };
+            drop(connection.detach());
+            discarded += 1;
+        }
+        discarded
+    }
+
     /// The pool's connections in use, idle, and its maximum, for the metrics.
     pub fn pool_usage(&self) -> Option<PoolUsage> {
         use sea_orm::DatabaseConnectionType as Pool;

@@ -257,6 +257,32 @@ impl ThrowawayPostgres {
         );
     }
 
+    /// Kills the server and every backend with SIGKILL, as a crashed host would, and waits
+    /// until it is gone.
+    pub fn kill(&self) {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let pid = std::fs::read_to_string(pid_file).expect("postmaster.pid");
+        let pid = pid
+            .lines()
+            .next()
+            .expect("the postmaster's pid")
+            .trim()
+            .to_owned();
+        let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+        run(Command::new("kill").args(["-KILL", &pid]));
+        // Until the process is gone (reaped), a new postmaster takes the lock file for a live one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists()
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL is still running"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn data_dir(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }
