@@ -98,6 +98,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTP/2 bounds on each gRPC connection, so that one peer cannot hold unbounded state.
     pub grpc_connection: GrpcConnectionLimits,
+    /// `AUTH_MAX_CONNECTIONS`: connections each listener (gRPC, HTTP) holds open at once;
+    /// more wait in the kernel's backlog. Lowered at start if the descriptor limit is smaller.
+    pub max_connections: usize,
+    /// `AUTH_HANDSHAKE_TIMEOUT`: how long a new connection has to send its first 24 bytes
+    /// (an HTTP/2 preface; any HTTP/1 request is longer) before it is closed.
+    pub handshake_timeout: Duration,
     /// `AUTH_DB_PROBE_INTERVAL`: how often a background probe checks the database; health is
     /// NOT_SERVING while it fails (each probe gives up after `AUTH_DB_ACQUIRE_TIMEOUT`).
     pub db_probe_interval: Duration,
@@ -309,6 +315,8 @@ impl Config {
             },
             trust_forwarded_for: vars.flag("AUTH_TRUST_FORWARDED_FOR", false)?,
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
+            max_connections: vars.number("AUTH_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
+            handshake_timeout: vars.duration("AUTH_HANDSHAKE_TIMEOUT", "10s")?,
             grpc_connection: GrpcConnectionLimits {
                 max_concurrent_streams: vars.number(
                     "AUTH_GRPC_MAX_CONCURRENT_STREAMS",

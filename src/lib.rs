@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod proto;
 pub mod server;

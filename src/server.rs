@@ -4,7 +4,6 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -19,6 +18,7 @@ use crate::{
         self, AuthGrpc,
         browser::{self, RefreshCookie},
     },
+    listener::{BoundedListener, ConnectionLimits},
     proto::{self, auth_service_server::AuthServiceServer},
     store::{self, Store},
 };
@@ -152,13 +152,17 @@ impl Application {
         let http_address = self.http_addr()?;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever(self.metrics.clone()));
+        let connection_limits = connection_limits(&self.config);
         let http_routes = crate::http::router(self.jwks, self.metrics, self.store.clone());
         let http = tokio::spawn(
-            axum::serve(self.http_listener, http_routes)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopped.await;
-                })
-                .into_future(),
+            axum::serve(
+                BoundedListener::new(self.http_listener, connection_limits),
+                http_routes,
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
         );
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_health = health.clone();
@@ -211,7 +215,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(auth_service)
-            .serve_with_incoming_shutdown(without_nagle(self.listener), signal);
+            .serve_with_incoming_shutdown(
+                BoundedListener::new(self.listener, connection_limits).into_stream(),
+                signal,
+            );
         tracing::info!(%address, %http_address, "listening");
 
         let grace = self.config.shutdown_grace;
@@ -246,18 +253,40 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// Streams the server may reset for a peer's protocol errors, then GOAWAY (hyper's default).
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// The accepted connections, with Nagle's algorithm off. tonic sets TCP_NODELAY only on
-/// listeners it binds itself; without it, a response written in two segments (Login's and
-/// Refresh's are) waits for the client's delayed ACK: a flat 40 ms per call, measured.
-fn without_nagle(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
+/// Descriptors kept free of connections: standard streams, the database files and pool,
+/// key files, the runtime's own.
+const RESERVED_DESCRIPTORS: usize = 64;
+
+/// Each listener's bounds: `AUTH_MAX_CONNECTIONS`, or fewer when the descriptor limit (first
+/// raised to its hard limit) could not hold both listeners' connections beside the pool, so
+/// that `accept` never runs out of descriptors.
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let configured = config.max_connections;
+    let max_connections = match crate::listener::raise_descriptor_limit() {
+        Ok(limit) => {
+            let reserved = RESERVED_DESCRIPTORS + config.db_max_connections as usize;
+            let spare = usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(reserved)
+                / 2;
+            if spare < configured {
+                tracing::warn!(
+                    descriptor_limit = limit,
+                    max_connections = spare.max(1),
+                    "the descriptor limit holds fewer connections than AUTH_MAX_CONNECTIONS"
+                );
+            }
+            configured.min(spare.max(1))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the descriptor limit");
+            configured
+        }
+    };
+    ConnectionLimits {
+        max_connections,
+        handshake_timeout: config.handshake_timeout,
+    }
 }
 
 /// Connects to the database and applies pending migrations.

@@ -170,7 +170,11 @@ fn arbitrary_field_values_get_documented_statuses() {
         .unwrap();
 }
 
-on_both_backends!(one_connection_cannot_open_more_streams_than_advertised);
+on_both_backends!(
+    one_connection_cannot_open_more_streams_than_advertised,
+    connections_that_never_send_a_preface_are_closed_within_the_handshake_timeout,
+    running_out_of_descriptors_does_not_spin_and_service_resumes,
+);
 
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_RST_STREAM: u8 = 0x3;
@@ -329,5 +333,91 @@ async fn one_connection_cannot_open_more_streams_than_advertised(backend: Backen
     .await
     .expect("a Login right after the flood answers within 2 s")
     .expect("the Login succeeds");
+    validate(&client, &session.access_token).await.unwrap();
+}
+
+/// 100 connections that send nothing are closed once the handshake timeout passes; meanwhile a
+/// new client logs in at once.
+async fn connections_that_never_send_a_preface_are_closed_within_the_handshake_timeout(
+    backend: Backend,
+) {
+    let db = TestDatabase::create(backend).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let server = AuthdProcess::spawn(&db, &[("AUTH_HANDSHAKE_TIMEOUT", "1s")]).await;
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let opened = std::time::Instant::now();
+
+    let client = server.client().await;
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        login(&client, "alice@example.com", PASSWORD),
+    )
+    .await
+    .expect("a Login beside 100 silent connections answers within 2 s")
+    .expect("the Login succeeds");
+
+    for (at, mut connection) in silent.into_iter().enumerate() {
+        let mut byte = [0_u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), connection.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "silent connection {at} still open {:?} after it opened: {read:?}",
+            opened.elapsed()
+        );
+    }
+}
+
+/// CPU time the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Under a descriptor limit of 128, 150 idle connections (more than the limit leaves after
+/// the server's own files): the server does not spin (it stops accepting instead of failing
+/// `accept` in a loop), and serves again once they close.
+async fn running_out_of_descriptors_does_not_spin_and_service_resumes(backend: Backend) {
+    let db = TestDatabase::create(backend).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let extra = [
+        ("AUTH_HANDSHAKE_TIMEOUT", "60s"),
+        ("AUTH_HTTP_LISTEN", "127.0.0.1:0"),
+    ];
+    let server = AuthdProcess::spawn_with_descriptor_limit(&db, &extra, 128).await;
+    let pid = server.child.id().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        // Past the server's cap these wait in the backlog (128), which the kernel completes.
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent < 20,
+        "{spent} ticks of CPU in 2 s with its connections full"
+    );
+
+    drop(idle);
+    let client = server.client().await;
+    let session = common::eventually(
+        Duration::from_secs(10),
+        "a Login once the idle connections closed",
+        || {
+            let client = client.clone();
+            async move { login(&client, "alice@example.com", PASSWORD).await.ok() }
+        },
+    )
+    .await;
     validate(&client, &session.access_token).await.unwrap();
 }

@@ -63,8 +63,33 @@ pub struct AuthdProcess {
 impl AuthdProcess {
     /// Starts `authd serve` and waits until it listens.
     pub async fn spawn(db: &TestDatabase, extra: &[(&str, &str)]) -> Self {
-        let mut child = authd_command(db, extra)
-            .arg("serve")
+        let mut command = authd_command(db, extra);
+        command.arg("serve");
+        Self::start(command).await
+    }
+
+    /// Starts `authd serve` under a descriptor limit of `nofile` (soft and hard).
+    pub async fn spawn_with_descriptor_limit(
+        db: &TestDatabase,
+        extra: &[(&str, &str)],
+        nofile: u32,
+    ) -> Self {
+        let authd = authd_command(db, extra);
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" serve")])
+            .arg(authd.as_std().get_program())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(authd.as_std().get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .current_dir(std::env::temp_dir())
+            .kill_on_drop(true);
+        Self::start(command).await
+    }
+
+    /// Starts a prepared `authd serve` command and waits until it listens.
+    async fn start(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
