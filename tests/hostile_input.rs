@@ -174,6 +174,7 @@ on_both_backends!(
     one_connection_cannot_open_more_streams_than_advertised,
     connections_that_never_send_a_preface_are_closed_within_the_handshake_timeout,
     running_out_of_descriptors_does_not_spin_and_service_resumes,
+    a_rapid_reset_flood_is_cut_off_and_costs_little,
 );
 
 const FRAME_HEADERS: u8 = 0x1;
@@ -182,6 +183,7 @@ const FRAME_SETTINGS: u8 = 0x4;
 const FRAME_GOAWAY: u8 = 0x7;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
 
 /// One HTTP/2 frame: its 9-byte header, then `payload`.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -419,5 +421,73 @@ async fn running_out_of_descriptors_does_not_spin_and_service_resumes(backend: B
         },
     )
     .await;
+    validate(&client, &session.access_token).await.unwrap();
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): 20,000 streams opened and at once reset on one
+/// connection. The server closes the connection (GOAWAY) before the flood is through, spends
+/// under 5 core-seconds on it, and keeps serving.
+async fn a_rapid_reset_flood_is_cut_off_and_costs_little(backend: Backend) {
+    const CYCLES: u32 = 20_000;
+    let db = TestDatabase::create(backend).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let server = AuthdProcess::spawn(&db, &[]).await;
+    let pid = server.child.id().unwrap();
+
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    writer
+        .write_all(&frame(FRAME_SETTINGS, 0, 0, &[]))
+        .await
+        .unwrap();
+    let goaway = tokio::spawn(async move {
+        let mut goaway = false;
+        while let Some((kind, _, _, _)) = read_frame(&mut reader).await {
+            goaway |= kind == FRAME_GOAWAY;
+        }
+        goaway
+    });
+    let before = cpu_ticks(pid);
+    let headers = login_headers();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    'flood: for chunk in 0..CYCLES / 500 {
+        let mut burst = Vec::new();
+        for n in 0..500 {
+            let id = 2 * (chunk * 500 + n) + 1;
+            burst.extend(frame(FRAME_HEADERS, 0x4, id, &headers));
+            burst.extend(frame(FRAME_RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        }
+        if writer.write_all(&burst).await.is_err() {
+            break 'flood; // the server closed the connection
+        }
+        sent += 500;
+    }
+    let flood_took = started.elapsed();
+    drop(writer);
+    let goaway = tokio::time::timeout(Duration::from_secs(30), goaway)
+        .await
+        .unwrap()
+        .unwrap();
+    let spent = cpu_ticks(pid) - before;
+    // h2's limit on streams reset before they were accepted cuts the flood off.
+    assert!(
+        goaway || sent < CYCLES,
+        "all {sent} cycles went through in {flood_took:?}, no GOAWAY"
+    );
+    assert!(spent < 500, "the flood cost the server {spent} ticks");
+
+    let client = server.client().await;
+    let session = tokio::time::timeout(
+        Duration::from_secs(2),
+        login(&client, "alice@example.com", PASSWORD),
+    )
+    .await
+    .expect("a Login after the flood answers within 2 s")
+    .expect("the Login succeeds");
     validate(&client, &session.access_token).await.unwrap();
 }
