@@ -228,6 +228,39 @@ async fn read_frame(
     Some((header[3], header[4], stream, payload))
 }
 
+/// A raw TCP connection to `addr` that has sent the HTTP/2 preface and an empty SETTINGS.
+async fn open_http2(
+    addr: std::net::SocketAddr,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    writer
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    writer
+        .write_all(&frame(FRAME_SETTINGS, 0, 0, &[]))
+        .await
+        .unwrap();
+    (reader, writer)
+}
+
+/// A new client of `server` logs in within 2 s, and its access token validates.
+async fn serves_a_new_client_at_once(server: &AuthdProcess) {
+    let client = server.client().await;
+    let session = tokio::time::timeout(
+        Duration::from_secs(2),
+        login(&client, "alice@example.com", PASSWORD),
+    )
+    .await
+    .expect("a Login by a new client answers within 2 s")
+    .expect("the Login succeeds");
+    validate(&client, &session.access_token).await.unwrap();
+}
+
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
@@ -247,16 +280,7 @@ async fn one_connection_cannot_open_more_streams_than_advertised(backend: Backen
     let server = AuthdProcess::spawn(&db, &[("AUTH_GRPC_MAX_CONCURRENT_STREAMS", "100")]).await;
     let pid = server.child.id().unwrap();
 
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    writer
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    writer
-        .write_all(&frame(FRAME_SETTINGS, 0, 0, &[]))
-        .await
-        .unwrap();
+    let (mut reader, mut writer) = open_http2(server.addr).await;
     let advertised = loop {
         let (kind, flags, _, payload) = read_frame(&mut reader).await.expect("server SETTINGS");
         if kind == FRAME_SETTINGS && flags & 0x1 == 0 {
@@ -327,15 +351,7 @@ async fn one_connection_cannot_open_more_streams_than_advertised(backend: Backen
         "resident {after_kib} KiB after the flood"
     );
 
-    let client = server.client().await;
-    let session = tokio::time::timeout(
-        Duration::from_secs(2),
-        login(&client, "alice@example.com", PASSWORD),
-    )
-    .await
-    .expect("a Login right after the flood answers within 2 s")
-    .expect("the Login succeeds");
-    validate(&client, &session.access_token).await.unwrap();
+    serves_a_new_client_at_once(&server).await;
 }
 
 /// 100 connections that send nothing are closed once the handshake timeout passes; meanwhile a
@@ -434,16 +450,7 @@ async fn a_rapid_reset_flood_is_cut_off_and_costs_little(backend: Backend) {
     let server = AuthdProcess::spawn(&db, &[]).await;
     let pid = server.child.id().unwrap();
 
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    writer
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    writer
-        .write_all(&frame(FRAME_SETTINGS, 0, 0, &[]))
-        .await
-        .unwrap();
+    let (mut reader, mut writer) = open_http2(server.addr).await;
     let goaway = tokio::spawn(async move {
         let mut goaway = false;
         while let Some((kind, _, _, _)) = read_frame(&mut reader).await {
@@ -481,13 +488,5 @@ async fn a_rapid_reset_flood_is_cut_off_and_costs_little(backend: Backend) {
     );
     assert!(spent < 500, "the flood cost the server {spent} ticks");
 
-    let client = server.client().await;
-    let session = tokio::time::timeout(
-        Duration::from_secs(2),
-        login(&client, "alice@example.com", PASSWORD),
-    )
-    .await
-    .expect("a Login after the flood answers within 2 s")
-    .expect("the Login succeeds");
-    validate(&client, &session.access_token).await.unwrap();
+    serves_a_new_client_at_once(&server).await;
 }

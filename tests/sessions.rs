@@ -769,7 +769,7 @@ async fn a_call_behind_a_held_lock_is_unavailable_and_changes_nothing(backend: B
 async fn postgres_rotation_batches_look_up_sessions_and_users_by_primary_key() {
     use authd::store::{MAX_BATCH, rotation_statement};
     use chrono::{Duration as Span, Utc};
-    use sea_orm::sqlx::{self, Connection as _, Executor as _, PgConnection, Row as _};
+    use sea_orm::sqlx::{self, Connection as _, Executor as _, PgConnection};
 
     let app = TestApp::spawn(Backend::Postgres).await;
     let mut conn = PgConnection::connect(app.db.url()).await.unwrap();
@@ -787,17 +787,14 @@ async fn postgres_rotation_batches_look_up_sessions_and_users_by_primary_key() {
     )
     .await
     .unwrap();
-    let sessions: Vec<uuid::Uuid> = sqlx::query("SELECT id FROM sessions LIMIT $1")
+    let sessions: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM sessions LIMIT $1")
         .bind(i64::try_from(MAX_BATCH).unwrap())
         .fetch_all(&mut conn)
         .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+        .unwrap();
     let sql = format!("EXPLAIN {}", rotation_statement(MAX_BATCH));
     let now = Utc::now();
-    let mut explain = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut explain = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
     for session in &sessions {
         explain = explain
             .bind(*session)
@@ -808,13 +805,7 @@ async fn postgres_rotation_batches_look_up_sessions_and_users_by_primary_key() {
             .bind(now)
             .bind(now - Span::days(30));
     }
-    let plan: Vec<String> = explain
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let plan: Vec<String> = explain.fetch_all(&mut conn).await.unwrap();
 
     let indent = |line: &str| line.len() - line.trim_start().len();
     let mut lookups = 0;
