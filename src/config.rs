@@ -101,9 +101,18 @@ pub struct Config {
     /// `AUTH_MAX_CONNECTIONS`: connections each listener (gRPC, HTTP) holds open at once;
     /// more wait in the kernel's backlog. Lowered at start if the descriptor limit is smaller.
     pub max_connections: usize,
-    /// `AUTH_HANDSHAKE_TIMEOUT`: how long a new connection has to send its first 24 bytes
-    /// (an HTTP/2 preface; any HTTP/1 request is longer) before it is closed.
+    /// `AUTH_HANDSHAKE_TIMEOUT`: how long a new connection has to send its opening (the
+    /// HTTP/2 preface, or an HTTP/1 request head up to its empty line) before it is closed.
     pub handshake_timeout: Duration,
+    /// `AUTH_IDLE_TIMEOUT`: a connection (either listener) with no call in flight for this
+    /// long is closed; clients reconnect when they next call.
+    pub idle_timeout: Duration,
+    /// `AUTH_MAX_CALLS_IN_FLIGHT`: AuthService calls in progress at once across every
+    /// connection; one more is refused at once with RESOURCE_EXHAUSTED (`OVERLOADED`).
+    pub max_calls_in_flight: usize,
+    /// `AUTH_CALL_TIMEOUT`: the longest an AuthService call may take, reading its request
+    /// included; past it the call is abandoned with DEADLINE_EXCEEDED (`CALL_TIMEOUT`).
+    pub call_timeout: Duration,
     /// `AUTH_DB_PROBE_INTERVAL`: how often a background probe checks the database; health is
     /// NOT_SERVING while it fails (each probe gives up after `AUTH_DB_ACQUIRE_TIMEOUT`).
     pub db_probe_interval: Duration,
@@ -317,6 +326,9 @@ impl Config {
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
             max_connections: vars.number("AUTH_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
             handshake_timeout: vars.duration("AUTH_HANDSHAKE_TIMEOUT", "10s")?,
+            idle_timeout: vars.duration("AUTH_IDLE_TIMEOUT", "5m")?,
+            max_calls_in_flight: vars.number("AUTH_MAX_CALLS_IN_FLIGHT", 1024, 1..=1_000_000)?,
+            call_timeout: vars.duration("AUTH_CALL_TIMEOUT", "30s")?,
             grpc_connection: GrpcConnectionLimits {
                 max_concurrent_streams: vars.number(
                     "AUTH_GRPC_MAX_CONCURRENT_STREAMS",

@@ -15,6 +15,7 @@ const LOGIN_FAILURES: &str = "authd_login_failures_total";
 const LOGIN_THROTTLED: &str = "authd_login_throttled_total";
 const REFRESH_REUSE: &str = "authd_refresh_token_reuse_total";
 const REFRESH_GRACE_RETRIES: &str = "authd_refresh_grace_retries_total";
+const CALLS_CUT: &str = "authd_calls_cut_total";
 const SESSIONS_REVOKED: &str = "authd_sessions_revoked_total";
 const CLEANUP_RUNS: &str = "authd_cleanup_runs_total";
 const CLEANUP_DELETED: &str = "authd_cleanup_deleted_rows_total";
@@ -74,6 +75,11 @@ fn describe() {
         REFRESH_GRACE_RETRIES,
         "Refreshes forgiven by AUTH_REFRESH_REUSE_GRACE: the previous token's one retry."
     );
+    describe_counter!(
+        CALLS_CUT,
+        "Calls refused because AUTH_MAX_CALLS_IN_FLIGHT were in progress (reason overloaded), \
+         or abandoned after AUTH_CALL_TIMEOUT (reason timeout)."
+    );
     describe_counter!(SESSIONS_REVOKED, "Sessions revoked, by reason.");
     describe_counter!(CLEANUP_RUNS, "Clean-up runs, by outcome.");
     describe_counter!(CLEANUP_DELETED, "Ended rows deleted by clean-up, by table.");
@@ -114,6 +120,16 @@ pub fn login_failed() {
 /// A login refused by throttling.
 pub fn login_throttled() {
     counter!(LOGIN_THROTTLED).increment(1);
+}
+
+/// A call refused because too many were in flight.
+pub fn call_shed() {
+    counter!(CALLS_CUT, "reason" => "overloaded").increment(1);
+}
+
+/// A call abandoned after the call timeout.
+pub fn call_timed_out() {
+    counter!(CALLS_CUT, "reason" => "timeout").increment(1);
 }
 
 /// A used refresh token presented again.

@@ -17,8 +17,9 @@ use crate::{
     grpc::{
         self, AuthGrpc,
         browser::{self, RefreshCookie},
+        limits::InFlightLimit,
     },
-    listener::{BoundedListener, ConnectionLimits},
+    listener::{BoundedListener, ConnectionInfo, ConnectionLimits, TrackCallsLayer},
     proto::{self, auth_service_server::AuthServiceServer},
     store::{self, Store},
 };
@@ -157,7 +158,9 @@ impl Application {
         let http = tokio::spawn(
             axum::serve(
                 BoundedListener::new(self.http_listener, connection_limits),
-                http_routes,
+                http_routes
+                    .layer(TrackCallsLayer)
+                    .into_make_service_with_connect_info::<ConnectionInfo>(),
             )
             .with_graceful_shutdown(async move {
                 let _ = http_stopped.await;
@@ -177,12 +180,16 @@ impl Application {
             let _ = stop_http.send(());
         };
 
-        let auth_service = AuthServiceServer::new(AuthGrpc::new(
-            self.auth,
-            self.config.trust_forwarded_for,
-            RefreshCookie::new(&self.config.refresh_cookie),
-        ))
-        .max_decoding_message_size(self.config.max_request_bytes);
+        let auth_service = InFlightLimit::new(
+            AuthServiceServer::new(AuthGrpc::new(
+                self.auth,
+                self.config.trust_forwarded_for,
+                RefreshCookie::new(&self.config.refresh_cookie),
+            ))
+            .max_decoding_message_size(self.config.max_request_bytes),
+            self.config.max_calls_in_flight,
+            self.config.call_timeout,
+        );
         let cors = browser::cors(&self.config.cors_origins).context("AUTH_CORS_ORIGINS")?;
         // Browsers speak HTTP/1.1 to a plain-text port (and HTTP/2 over TLS via ALPN).
         let limits = self.config.grpc_connection;
@@ -200,9 +207,11 @@ impl Application {
                 .tls_config(tls)
                 .context("while configuring TLS (AUTH_TLS_*)")?;
         }
-        // Outermost first: CORS answers preflights, browser calls are marked before tonic-web
-        // rewrites their content type, and the size-limit answer is fixed before translation.
+        // Outermost first: every call counts against its connection's idle timeout, CORS
+        // answers preflights, browser calls are marked before tonic-web rewrites their content
+        // type, and the size-limit answer is fixed before translation.
         let serve = builder
+            .layer(TrackCallsLayer)
             .layer(cors)
             .layer(tower::util::MapRequestLayer::new(
                 browser::mark_browser_calls,
@@ -286,6 +295,7 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
     ConnectionLimits {
         max_connections,
         handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _};
 use common::{
-    Backend, PASSWORD, TestApp, TestDatabase, add_user, login, process::AuthdProcess, validate,
+    Backend, PASSWORD, TestApp, TestDatabase, add_user, assert_status, login,
+    process::AuthdProcess, validate,
 };
 use proptest::{collection::vec, prelude::*, test_runner::TestRunner};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -175,6 +176,10 @@ on_both_backends!(
     connections_that_never_send_a_preface_are_closed_within_the_handshake_timeout,
     running_out_of_descriptors_does_not_spin_and_service_resumes,
     a_rapid_reset_flood_is_cut_off_and_costs_little,
+    partial_http1_request_heads_are_closed_within_the_handshake_timeout,
+    idle_connections_are_closed_and_their_clients_reconnect,
+    a_call_in_flight_keeps_its_connection_past_the_idle_timeout,
+    calls_beyond_the_cap_are_refused_at_once_while_probes_answer,
 );
 
 const FRAME_HEADERS: u8 = 0x1;
@@ -489,4 +494,184 @@ async fn a_rapid_reset_flood_is_cut_off_and_costs_little(backend: Backend) {
     assert!(spent < 500, "the flood cost the server {spent} ticks");
 
     serves_a_new_client_at_once(&server).await;
+}
+
+/// Reads `connection` until the server closes it, within `deadline` of `opened`; how long
+/// after `opened` that was.
+async fn closed_within(
+    connection: &mut (impl tokio::io::AsyncRead + Unpin),
+    opened: std::time::Instant,
+    deadline: Duration,
+    what: &str,
+) -> Duration {
+    let started = opened;
+    let mut buffer = [0_u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + deadline),
+            connection.read(&mut buffer),
+        )
+        .await
+        {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("{what} still open after {deadline:?}"),
+        }
+    }
+}
+
+/// A request head cut off before its empty line, longer than an HTTP/2 preface, on the gRPC
+/// port (gRPC-Web) and on the HTTP port (JWKS): both are closed once the handshake timeout
+/// passes, unanswered, while a complete request on the HTTP port is answered.
+async fn partial_http1_request_heads_are_closed_within_the_handshake_timeout(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("AUTH_HANDSHAKE_TIMEOUT", "1s")]).await;
+    let partial = b"POST /auth.v1.AuthService/Validate HTTP/1.1\r\nHost: localhost\r\nX-Slow: a";
+    for (port, addr) in [("gRPC", app.addr), ("HTTP", app.http_addr)] {
+        let mut connection = tokio::net::TcpStream::connect(addr).await.unwrap();
+        connection.write_all(partial).await.unwrap();
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), connection.read_to_end(&mut answer)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a partial head on the {port} port: still open after 5 s, or answered: {read:?}"
+        );
+        assert!(
+            answer.is_empty(),
+            "answered {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let (head, _) = common::http_get(app.http_addr, "/.well-known/jwks.json").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// With a 1 s idle timeout: an HTTP/2 connection that made no call, and an HTTP/1 connection
+/// kept alive after a JWKS fetch, are closed after about that long; a client whose connection
+/// was closed that way calls again without an error.
+async fn idle_connections_are_closed_and_their_clients_reconnect(backend: Backend) {
+    const IDLE: Duration = Duration::from_secs(1);
+    let app = TestApp::spawn_with(backend, &[("AUTH_IDLE_TIMEOUT", "1s")]).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let session = app.login("alice@example.com", PASSWORD).await.unwrap();
+
+    let opened = std::time::Instant::now();
+    let (mut http2, _writer) = open_http2(app.addr).await;
+    let mut http1 = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    http1
+        .write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let http2_open_for =
+        closed_within(&mut http2, opened, Duration::from_secs(10), "idle HTTP/2").await;
+    let http1_open_for =
+        closed_within(&mut http1, opened, Duration::from_secs(10), "idle HTTP/1").await;
+    assert!(
+        http2_open_for >= IDLE - Duration::from_millis(50),
+        "an idle HTTP/2 connection closed after {http2_open_for:?}"
+    );
+    assert!(
+        http1_open_for >= IDLE - Duration::from_millis(50),
+        "a kept-alive HTTP/1 connection closed after {http1_open_for:?}"
+    );
+
+    // The client's own connection went idle as long as those did.
+    validate(&app.client, &session.access_token)
+        .await
+        .expect("a call after the idle close reconnects");
+}
+
+/// A call whose request body never comes is in flight: its connection stays open past the
+/// 1 s idle timeout until the 3 s call timeout abandons it with DEADLINE_EXCEEDED.
+async fn a_call_in_flight_keeps_its_connection_past_the_idle_timeout(backend: Backend) {
+    const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+    let app = TestApp::spawn_with(
+        backend,
+        &[("AUTH_IDLE_TIMEOUT", "1s"), ("AUTH_CALL_TIMEOUT", "3s")],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let status = call_without_a_body(common::channel(app.addr).await, "Validate").await;
+    let took = started.elapsed();
+    assert_status(&status, Code::DeadlineExceeded, "CALL_TIMEOUT");
+    assert!(
+        took >= CALL_TIMEOUT - Duration::from_millis(50),
+        "answered after {took:?}"
+    );
+}
+
+/// A call to `method` that sends its headers and never a message, as a slow or hostile
+/// client would; its final status.
+async fn call_without_a_body(channel: Channel, method: &str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = format!("/auth.v1.AuthService/{method}").parse().unwrap();
+    let call = grpc.client_streaming::<_, Vec<u8>, Vec<u8>, _>(
+        Request::new(tokio_stream::pending::<Vec<u8>>()),
+        path,
+        RawCodec,
+    );
+    tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the server answers a call without a body within 20 s")
+        .expect_err("a call without a request cannot succeed")
+}
+
+/// With room for 2 calls in flight, held by two calls whose bodies never come: a third is
+/// refused at once with RESOURCE_EXHAUSTED (OVERLOADED), health still answers SERVING, and
+/// once the call timeout frees the slots, calls succeed again.
+async fn calls_beyond_the_cap_are_refused_at_once_while_probes_answer(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("AUTH_MAX_CALLS_IN_FLIGHT", "2"),
+            ("AUTH_CALL_TIMEOUT", "3s"),
+        ],
+    )
+    .await;
+    let session = app.user_with_session("alice@example.com").await;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = app.addr;
+            tokio::spawn(
+                async move { call_without_a_body(common::channel(addr).await, "Login").await },
+            )
+        })
+        .collect();
+
+    let refused = common::eventually(
+        Duration::from_secs(2),
+        "a Validate refused while 2 calls hold every slot",
+        || {
+            let client = app.client.clone();
+            let token = session.access_token.clone();
+            async move {
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(1), validate(&client, &token))
+                        .await
+                        .expect("a refusal comes at once, not after a wait");
+                answer.err()
+            }
+        },
+    )
+    .await;
+    assert_status(&refused, Code::ResourceExhausted, "OVERLOADED");
+    assert_eq!(
+        common::health(app.addr, "").await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+        "health answers while every call slot is held"
+    );
+
+    let (_, metrics) = common::http_get(app.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("authd_calls_cut_total{reason=\"overloaded\"}"),
+        "the refusal is counted:\n{metrics}"
+    );
+
+    for call in held {
+        assert_status(&call.await.unwrap(), Code::DeadlineExceeded, "CALL_TIMEOUT");
+    }
+    validate(&app.client, &session.access_token)
+        .await
+        .expect("a call succeeds once the slots are free");
 }

@@ -2,6 +2,7 @@
 
 pub mod browser;
 pub mod codec;
+pub mod limits;
 mod status;
 
 use std::{future::Future, net::IpAddr, sync::Arc, time::Instant};

@@ -35,16 +35,46 @@ impl From<AuthError> for Status {
         if matches!(code, Code::Unavailable | Code::Internal) {
             tracing::error!(error = %crate::error_chain(&err), "request failed");
         }
-        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
-        match err {
-            AuthError::Overloaded => {
-                details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
-            }
-            AuthError::Throttled { retry_after } => {
-                details.set_retry_info(Some(retry_after));
-            }
-            _ => {}
-        }
-        Status::with_error_details(code, err.to_string(), details)
+        let retry_after = match err {
+            AuthError::Overloaded => Some(OVERLOAD_RETRY_DELAY),
+            AuthError::Throttled { retry_after } => Some(retry_after),
+            _ => None,
+        };
+        status(code, reason, err.to_string(), retry_after)
     }
+}
+
+/// RESOURCE_EXHAUSTED (`OVERLOADED`, RetryInfo): `AUTH_MAX_CALLS_IN_FLIGHT` calls are
+/// already in progress; this one was refused before it started.
+pub(super) fn calls_shed() -> Status {
+    status(
+        Code::ResourceExhausted,
+        "OVERLOADED",
+        "too many calls in progress; retry shortly".to_owned(),
+        Some(OVERLOAD_RETRY_DELAY),
+    )
+}
+
+/// DEADLINE_EXCEEDED (`CALL_TIMEOUT`): the call, its request included, took longer than
+/// `AUTH_CALL_TIMEOUT` and was abandoned.
+pub(super) fn call_timed_out() -> Status {
+    status(
+        Code::DeadlineExceeded,
+        "CALL_TIMEOUT",
+        "the call took longer than the server allows".to_owned(),
+        None,
+    )
+}
+
+fn status(
+    code: Code,
+    reason: &str,
+    message: String,
+    retry_after: Option<std::time::Duration>,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+    if retry_after.is_some() {
+        details.set_retry_info(retry_after);
+    }
+    Status::with_error_details(code, message, details)
 }
