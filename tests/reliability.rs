@@ -96,12 +96,18 @@ async fn after_a_database_crash_serving_means_every_call_succeeds_at_once() {
         ("AUTH_DB_ACQUIRE_TIMEOUT", "1s"),
     ];
     let app = TestApp::spawn_on(db, &settings).await;
-    app.add_user("alice@example.com", PASSWORD).await;
+    // Eight accounts: one account's logins take turns, and would share one connection.
+    for n in 0..8 {
+        app.add_user(&format!("user{n}@example.com"), PASSWORD)
+            .await;
+    }
     let logins = |app: &TestApp| {
         let calls: Vec<_> = (0..8)
-            .map(|_| {
+            .map(|n| {
                 let client = app.client.clone();
-                tokio::spawn(async move { login(&client, "alice@example.com", PASSWORD).await })
+                tokio::spawn(async move {
+                    login(&client, &format!("user{n}@example.com"), PASSWORD).await
+                })
             })
             .collect();
         async move {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use authd::store::entity::session;
 use common::{
-    Backend, PASSWORD, TestApp, assert_status, eventually, login, process::run_authd, refresh,
-    validate,
+    Backend, PASSWORD, TestApp, assert_status, eventually, login,
+    process::{AuthdProcess, run_authd},
+    refresh, validate,
 };
 use sea_orm::{Database, EntityTrait as _};
 use tonic::Code;
@@ -23,6 +24,8 @@ on_both_backends!(
     within_the_reuse_grace_a_retry_gets_the_same_successor,
     within_the_reuse_grace_a_second_retry_is_reuse,
     after_the_reuse_grace_a_retry_revokes_the_session,
+    concurrent_guesses_are_counted_before_any_is_checked,
+    an_accounts_own_concurrent_logins_all_succeed,
 );
 
 async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend) {
@@ -269,27 +272,32 @@ async fn a_login_flood_past_the_hashing_queue_is_turned_away() {
     ];
     let app = TestApp::spawn_with(Backend::Sqlite, &slow).await;
     app.add_user("alice@example.com", PASSWORD).await;
+    // Twelve accounts (unknown ones hash a dummy just the same): one account's logins would
+    // wait for each other's turn rather than fill the hashing queue.
     let calls: Vec<_> = (0..12)
-        .map(|_| {
+        .map(|n| {
             let client = app.client.clone();
-            tokio::spawn(async move { login(&client, "alice@example.com", PASSWORD).await })
+            tokio::spawn(
+                async move { login(&client, &format!("user{n}@example.com"), PASSWORD).await },
+            )
         })
         .collect();
     let (mut admitted, mut turned_away) = (0, 0);
     for call in calls {
-        match call.await.unwrap() {
-            Ok(_) => admitted += 1,
-            Err(status) => {
-                assert_status(&status, Code::ResourceExhausted, "OVERLOADED");
-                assert!(
-                    status.get_details_retry_info().is_some(),
-                    "tells when to retry"
-                );
-                turned_away += 1;
-            }
+        let status = call.await.unwrap().unwrap_err();
+        if status.code() == Code::Unauthenticated {
+            assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+            admitted += 1;
+        } else {
+            assert_status(&status, Code::ResourceExhausted, "OVERLOADED");
+            assert!(
+                status.get_details_retry_info().is_some(),
+                "tells when to retry"
+            );
+            turned_away += 1;
         }
     }
-    assert!(admitted >= 1, "some logins go through");
+    assert!(admitted >= 1, "some logins are checked");
     assert!(
         turned_away >= 1,
         "the rest are refused rather than queued without bound"
@@ -453,4 +461,80 @@ async fn failed_logins_throttle_the_client_address() {
     from("198.51.100.2", "alice@example.com", PASSWORD)
         .await
         .expect("another address");
+}
+
+/// Account throttling alone: 5 free failures (the default), then 10 s.
+const ACCOUNT_THROTTLE: [(&str, &str); 2] = [
+    ("AUTH_LOGIN_BASE_DELAY", "10s"),
+    ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "100000"),
+];
+
+/// 64 concurrent wrong passwords on one account, half through each of two replicas: each is
+/// counted before any is checked, so only the 5 free attempts are checked and the rest are
+/// refused with RESOURCE_EXHAUSTED; the right password, sent once the limit is crossed, is
+/// refused too.
+async fn concurrent_guesses_are_counted_before_any_is_checked(backend: Backend) {
+    const FREE: usize = 5;
+    let app = TestApp::spawn_with(backend, &ACCOUNT_THROTTLE).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let replica = AuthdProcess::spawn(&app.db, &ACCOUNT_THROTTLE).await;
+    let clients = [app.client.clone(), replica.client().await];
+    let guesses: Vec<_> = (0..64)
+        .map(|n| {
+            let client = clients[n % 2].clone();
+            tokio::spawn(async move {
+                login(&client, "alice@example.com", &format!("wrong guess {n}")).await
+            })
+        })
+        .collect();
+    let (mut checked, mut refused) = (0, 0);
+    for guess in guesses {
+        let status = guess.await.unwrap().expect_err("every guess is wrong");
+        match status.code() {
+            Code::Unauthenticated => {
+                assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+                checked += 1;
+            }
+            Code::ResourceExhausted => refused += 1,
+            other => panic!("a guess answered {other:?}: {status:?}"),
+        }
+    }
+    assert!(
+        (1..=FREE).contains(&checked),
+        "{checked} of 64 concurrent guesses were checked"
+    );
+    assert_eq!(checked + refused, 64);
+    for client in &clients {
+        let status = login(client, "alice@example.com", PASSWORD)
+            .await
+            .expect_err("the right password once the limit is crossed");
+        assert_status(&status, Code::ResourceExhausted, "LOGIN_THROTTLED");
+    }
+}
+
+/// Ten concurrent logins of one account with the right password, on one replica and then
+/// split over two: they wait for each other instead of counting against each other, and all
+/// succeed.
+async fn an_accounts_own_concurrent_logins_all_succeed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &ACCOUNT_THROTTLE).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    let replica = AuthdProcess::spawn(&app.db, &ACCOUNT_THROTTLE).await;
+    let other = replica.client().await;
+    for split in [false, true] {
+        let logins: Vec<_> = (0..10)
+            .map(|n| {
+                let client = if split && n % 2 == 1 {
+                    other.clone()
+                } else {
+                    app.client.clone()
+                };
+                tokio::spawn(async move { login(&client, "alice@example.com", PASSWORD).await })
+            })
+            .collect();
+        for (n, call) in logins.into_iter().enumerate() {
+            call.await
+                .unwrap()
+                .unwrap_or_else(|status| panic!("login {n} (split {split}): {status:?}"));
+        }
+    }
 }

@@ -34,12 +34,12 @@ pub use refresh_token::{
     LegacySecret, Opened, RefreshKey, RefreshToken, SessionSecret, SuccessorKey,
 };
 pub use revocation::RevokedSessions;
-pub use throttle::{AddressThrottle, Backoff, FAILURE_MEMORY};
+pub use throttle::{AccountTurns, AddressThrottle, Backoff, FAILURE_MEMORY, throttle_key};
 pub use verified::VerifiedTokens;
 
 use crate::{
     config::Config,
-    store::{self, FIRST_GENERATION, NewSession, RevokedReason, Store},
+    store::{self, FIRST_GENERATION, LoginReservation, NewSession, RevokedReason, Store},
 };
 use refresh_token::random_secret;
 
@@ -124,6 +124,7 @@ pub struct Authenticator {
     lifetimes: Lifetimes,
     account_backoff: Backoff,
     addresses: AddressThrottle,
+    turns: AccountTurns,
     grace: Option<ReuseGrace>,
 }
 
@@ -159,6 +160,7 @@ impl Authenticator {
             account_backoff: config.account_backoff,
             grace,
             addresses: AddressThrottle::new(config.address_backoff),
+            turns: AccountTurns::default(),
             lifetimes: Lifetimes {
                 refresh_token: TimeDelta::from_std(config.refresh_token_ttl)
                     .unwrap_or(TimeDelta::MAX),
@@ -170,6 +172,10 @@ impl Authenticator {
 
     /// Checks the credentials and opens a session. Unknown email, wrong password and disabled
     /// user are one error, and all three run a full argon2 verification.
+    ///
+    /// Logins of one account take turns on this replica, and each reserves its attempt (per
+    /// account in the database, per address here) before hashing: concurrent guesses count
+    /// one each before any is checked, and a success gives its reservation back.
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
@@ -177,48 +183,71 @@ impl Authenticator {
         password: Password,
         client: Option<IpAddr>,
     ) -> Result<IssuedTokens, AuthError> {
+        let _turn = self.turns.take(email.as_str()).await?;
         // Throttled before any hashing, and the same way whether or not the email exists.
         let started = store::now();
-        let account_block = self.store.login_blocked_until(email.as_str()).await?;
-        let address_block = client.and_then(|ip| self.addresses.blocked_until(ip, started));
-        let blocked = account_block.into_iter().chain(address_block).max();
-        if let Some(until) = blocked.filter(|until| *until > started) {
-            audit!(event = "login_throttled", email = email.as_str(), client = ?client);
-            crate::metrics::login_throttled();
-            let retry_after = (until - started).to_std().unwrap_or_default();
-            return Err(AuthError::Throttled { retry_after });
+        if let Some(ip) = client
+            && let Err(until) = self.addresses.reserve(ip, started)
+        {
+            return Err(self.throttled(&email, client, until, started));
         }
+        let backoff = self.account_backoff;
+        let block_end = |failures, at| backoff.block_end(failures, at);
+        let reserved = self
+            .store
+            .reserve_login_attempt(
+                email.as_str(),
+                started,
+                started - throttle::FAILURE_MEMORY,
+                block_end,
+            )
+            .await;
+        let failures = match reserved {
+            Ok(LoginReservation::Granted { failures }) => failures,
+            Ok(LoginReservation::Blocked { until }) => {
+                self.release_address(client);
+                return Err(self.throttled(&email, client, until, started));
+            }
+            Err(e) => {
+                self.release_address(client);
+                return Err(e.into());
+            }
+        };
 
-        let user = self.store.user_by_email(email.as_str()).await?;
-        let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-        let verification = self.hasher.verify(password, stored_hash).await?;
+        let checked = async {
+            let user = self.store.user_by_email(email.as_str()).await?;
+            let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+            let verification = self.hasher.verify(password, stored_hash).await?;
+            Ok::<_, AuthError>((user, verification))
+        }
+        .await;
+        let (user, verification) = match checked {
+            Ok(checked) => checked,
+            Err(e) => {
+                // Never checked: the attempt must not count against the account.
+                self.release_address(client);
+                if let Err(release) = self
+                    .store
+                    .release_login_attempt(email.as_str(), store::now(), block_end)
+                    .await
+                {
+                    tracing::warn!(error = %crate::error_chain(&release), "a login reservation was not given back");
+                }
+                return Err(e);
+            }
+        };
         let user = match user {
             Some(user) if verification != Verification::Mismatch && user.disabled_at.is_none() => {
                 user
             }
             _ => {
-                let now = store::now();
-                let backoff = self.account_backoff;
-                let failures = self
-                    .store
-                    .record_login_failure(
-                        email.as_str(),
-                        now,
-                        now - throttle::FAILURE_MEMORY,
-                        |failures, at| backoff.block_end(failures, at),
-                    )
-                    .await?;
-                if let Some(ip) = client {
-                    self.addresses.record_failure(ip, now);
-                }
                 audit!(event = "login_failed", email = email.as_str(), failures, client = ?client);
                 crate::metrics::login_failed();
                 return Err(AuthError::InvalidCredentials);
             }
         };
-        if account_block.is_some() {
-            self.store.clear_login_failures(email.as_str()).await?;
-        }
+        self.release_address(client);
+        self.store.clear_login_failures(email.as_str()).await?;
         if let Verification::MatchRehashed(new_hash) = verification {
             // Conditional on the old hash, so a concurrent password change is never undone.
             let replaced = self
@@ -262,6 +291,27 @@ impl Authenticator {
             refresh_expires_at: expires_at,
         };
         self.issue(issued)
+    }
+
+    /// The refusal of a throttled login, audited and counted.
+    fn throttled(
+        &self,
+        email: &Email,
+        client: Option<IpAddr>,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> AuthError {
+        audit!(event = "login_throttled", email = email.as_str(), client = ?client);
+        crate::metrics::login_throttled();
+        let retry_after = (until - now).to_std().unwrap_or_default();
+        AuthError::Throttled { retry_after }
+    }
+
+    /// Gives back the address's reservation of a login that succeeded or was never checked.
+    fn release_address(&self, client: Option<IpAddr>) {
+        if let Some(ip) = client {
+            self.addresses.release(ip, store::now());
+        }
     }
 
     /// Checks an access token: no database query, pure CPU, and for a token seen before only

@@ -12,6 +12,7 @@ pub use rotation::{Credential, MAX_BATCH, RefreshClock, Rotated, rotation_statem
 pub use sessions::{
     FIRST_GENERATION, LegacyToken, NewSession, RefreshState, RevokedReason, SweptSessions,
 };
+pub use users::LoginReservation;
 
 use std::{path::PathBuf, str::FromStr, sync::Arc};
 

@@ -11,6 +11,22 @@ use super::{
     sessions::{RevokedReason, revoke_sessions_where},
 };
 
+/// The outcome of [`Store::reserve_login_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginReservation {
+    /// The attempt may check its password; it is counted as the `failures`-th failure until
+    /// a success clears the count.
+    Granted {
+        /// The account's failures, this attempt included.
+        failures: u32,
+    },
+    /// An earlier failure blocks attempts until then.
+    Blocked {
+        /// When the block ends.
+        until: DateTime<Utc>,
+    },
+}
+
 impl Store {
     /// The user with this (normalised) email.
     #[tracing::instrument(skip(self), level = "debug")]
@@ -58,32 +74,23 @@ impl Store {
         }
     }
 
-    /// Until when logins for `email` are blocked, if a failure was ever recorded for it.
-    #[tracing::instrument(skip(self), level = "debug")]
-    pub async fn login_blocked_until(
-        &self,
-        email: &str,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(login_attempt::Entity::find_by_id(email.to_owned())
-            .one(&self.db)
-            .await?
-            .map(|row| row.blocked_until))
-    }
-
-    /// Counts a failed login for `email` (forgetting failures before `forget_before`) and
-    /// blocks it until `block_end(failures, now)`; returns the new count.
+    /// Reserves a login attempt for `email` before its password is checked: counted as a
+    /// failure at once (failures before `forget_before` forgotten), so that concurrent
+    /// guesses on any replica each take a count, and blocking the next attempt until
+    /// `block_end(count, now)`. Refused, and not counted, while an earlier block lasts.
     #[tracing::instrument(skip(self, block_end), level = "debug")]
-    pub async fn record_login_failure(
+    pub async fn reserve_login_attempt(
         &self,
         email: &str,
         now: DateTime<Utc>,
         forget_before: DateTime<Utc>,
         block_end: impl Fn(u32, DateTime<Utc>) -> DateTime<Utc>,
-    ) -> Result<u32, StoreError> {
+    ) -> Result<LoginReservation, StoreError> {
         let _turn = self.write_turn().await?;
         use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
         let txn = self.db.begin().await?;
-        // One atomic increment, whatever other replicas do at the same moment.
+        // One atomic increment, which on PostgreSQL also locks the row until the commit:
+        // concurrent reservations of one account take their counts one after another.
         let count = Expr::case(
             Expr::col((login_attempt::Entity, login_attempt::Column::LastFailureAt))
                 .lt(forget_before),
@@ -110,15 +117,54 @@ impl Store {
         else {
             return Err(missing("login attempt just written"));
         };
-        let failures = u32::try_from(row.failures).unwrap_or(0);
-        let blocked_until = block_end(failures, now);
+        if row.blocked_until > now {
+            txn.rollback().await?;
+            return Ok(LoginReservation::Blocked {
+                until: row.blocked_until,
+            });
+        }
+        let failures = u32::try_from(row.failures).unwrap_or(u32::MAX);
         login_attempt::Entity::update_many()
-            .col_expr(login_attempt::Column::BlockedUntil, blocked_until.into())
+            .col_expr(
+                login_attempt::Column::BlockedUntil,
+                block_end(failures, now).into(),
+            )
             .filter(login_attempt::Column::Email.eq(email))
             .exec(&txn)
             .await?;
         txn.commit().await?;
-        Ok(failures)
+        Ok(LoginReservation::Granted { failures })
+    }
+
+    /// Gives back a reservation whose password was never checked (the hashing queue was full,
+    /// the database failed): one count less, and the block of one failure less.
+    #[tracing::instrument(skip(self, block_end), level = "debug")]
+    pub async fn release_login_attempt(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+        block_end: impl Fn(u32, DateTime<Utc>) -> DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
+        let txn = self.db.begin().await?;
+        let Some(row) = login_attempt::Entity::find_by_id(email.to_owned())
+            .one(&txn)
+            .await?
+        else {
+            return Ok(());
+        };
+        let failures = row.failures.saturating_sub(1).max(0);
+        login_attempt::Entity::update_many()
+            .col_expr(login_attempt::Column::Failures, failures.into())
+            .col_expr(
+                login_attempt::Column::BlockedUntil,
+                block_end(u32::try_from(failures).unwrap_or(0), now).into(),
+            )
+            .filter(login_attempt::Column::Email.eq(email))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Forgets the failed logins of `email` (after a success).
