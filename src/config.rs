@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use crate::auth::Backoff;
+use crate::auth::{Backoff, MIN_PASSWORD_CHARS_FLOOR, PasswordPolicy};
 
 /// Where `AUTH_DATABASE_URL` points when it is not set: an SQLite file created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/authd.db?mode=rwc";
@@ -82,6 +82,8 @@ pub struct Config {
     /// `AUTH_PASSWORD_HASH_QUEUE`: logins that may wait for a hashing thread; past that,
     /// Login answers RESOURCE_EXHAUSTED at once instead of queueing without bound.
     pub password_hash_queue: usize,
+    /// What a new password must be (`AUTH_PASSWORD_MIN_CHARS`).
+    pub password_policy: PasswordPolicy,
     /// `AUTH_MAX_REQUEST_BYTES`: largest request message accepted; larger ones are refused
     /// with RESOURCE_EXHAUSTED before they are decoded.
     pub max_request_bytes: usize,
@@ -311,6 +313,13 @@ impl Config {
                 1..=1024,
             )?,
             password_hash_queue: vars.number("AUTH_PASSWORD_HASH_QUEUE", 64, 1..=100_000)?,
+            password_policy: PasswordPolicy {
+                min_chars: vars.number(
+                    "AUTH_PASSWORD_MIN_CHARS",
+                    PasswordPolicy::default().min_chars,
+                    MIN_PASSWORD_CHARS_FLOOR..=128,
+                )?,
+            },
             max_request_bytes: vars.number(
                 "AUTH_MAX_REQUEST_BYTES",
                 16 * 1024,

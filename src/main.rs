@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use authd::{
-    auth::{Email, KeyError, Password, PasswordHasher, UserAdmin, generate_key_file},
+    auth::{Email, KeyError, PasswordHasher, UserAdmin, generate_key_file},
     cleanup,
     config::{Config, LogFormat},
     server::{self, Application},
@@ -146,15 +146,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = settings()?;
             let store = server::connect_and_migrate(&config).await?;
             let hasher = PasswordHasher::new(config.argon2, 1, 1)?;
-            let admin = UserAdmin::new(store, hasher);
+            let admin = UserAdmin::new(store, hasher, config.password_policy);
             match command {
                 UserCommand::Add {
                     email,
                     password_stdin,
                 } => {
                     let email = Email::parse(&email)?;
-                    let password = Password::parse_new(read_password(password_stdin)?)?;
-                    let id = admin.add_user(email.clone(), password).await?;
+                    let id = admin
+                        .add_user(email.clone(), read_password(password_stdin)?)
+                        .await?;
                     println!("added {} ({id})", email.as_str());
                 }
                 UserCommand::SetPassword {
@@ -162,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password_stdin,
                 } => {
                     let email = Email::parse(&email)?;
-                    let password = Password::parse_new(read_password(password_stdin)?)?;
+                    let password = read_password(password_stdin)?;
                     if !admin.set_password(email.clone(), password).await? {
                         bail!("no user with email {}", email.as_str());
                     }

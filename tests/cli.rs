@@ -9,7 +9,8 @@ use tonic::Code;
 on_both_backends!(
     a_user_added_by_the_cli_can_log_in,
     the_cli_refuses_a_duplicate_email,
-    the_cli_refuses_a_short_password,
+    the_cli_holds_new_passwords_to_the_policy,
+    a_password_logs_in_whatever_its_unicode_normalisation,
     a_user_disabled_by_the_cli_can_no_longer_log_in,
 );
 
@@ -63,16 +64,67 @@ async fn the_cli_refuses_a_duplicate_email(backend: Backend) {
         .expect("original password");
 }
 
-async fn the_cli_refuses_a_short_password(backend: Backend) {
+/// SP 800-63B-4's rules for a password used alone, as `user add` applies them: each refusal
+/// names its rule and never echoes the password, and no refused user can log in.
+async fn the_cli_holds_new_passwords_to_the_policy(backend: Backend) {
     let db = TestDatabase::create(backend).await;
-    let short = add(&db, "alice@example.com", "seven77").await;
-    assert!(!short.status.success());
-    let stderr = String::from_utf8_lossy(&short.stderr);
-    assert!(stderr.contains("at least 8 bytes"), "{stderr}");
+    let refused = [
+        ("password", "at least 15 characters"),
+        ("fourteen chars", "at least 15 characters"),
+        // 8 bytes, but 2 characters.
+        ("🔑🔒🔑🔒", "at least 15 characters"),
+        ("1234567890qwerty", "commonly used or breached"),
+        ("passwordpassword", "commonly used or breached"),
+    ];
+    for (n, (password, rule)) in refused.iter().enumerate() {
+        let email = format!("user{n}@example.com");
+        let output = add(&db, &email, password).await;
+        assert!(!output.status.success(), "{password:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(rule), "{password:?}: {stderr}");
+        // ("password" is also the field's name in every refusal.)
+        if *password != "password" {
+            assert!(
+                !stderr.contains(password),
+                "the refusal echoes {password:?}"
+            );
+        }
+    }
+    let accepted = add(&db, "random@example.com", "kX9#mQ2vL!pR7wZ").await;
+    assert!(
+        accepted.status.success(),
+        "15 random characters: {}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
 
     let app = TestApp::spawn_on(db, &[]).await;
-    let status = app.login("alice@example.com", "seven77").await.unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    for (n, (password, _)) in refused.iter().enumerate() {
+        let status = app
+            .login(&format!("user{n}@example.com"), password)
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    app.login("random@example.com", "kX9#mQ2vL!pR7wZ")
+        .await
+        .expect("the accepted password logs in");
+}
+
+/// A password enrolled in NFC logs in when typed in NFD (and the other way round): both are
+/// hashed in their NFKC form.
+async fn a_password_logs_in_whatever_its_unicode_normalisation(backend: Backend) {
+    const NFC: &str = "caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e";
+    const NFD: &str = "cafe\u{301} cre\u{300}me bru\u{302}le\u{301}e";
+    let db = TestDatabase::create(backend).await;
+    assert!(add(&db, "nfc@example.com", NFC).await.status.success());
+    assert!(add(&db, "nfd@example.com", NFD).await.status.success());
+    let app = TestApp::spawn_on(db, &[]).await;
+    app.login("nfc@example.com", NFD)
+        .await
+        .expect("NFC enrolled, NFD typed");
+    app.login("nfd@example.com", NFC)
+        .await
+        .expect("NFD enrolled, NFC typed");
 }
 
 async fn a_user_disabled_by_the_cli_can_no_longer_log_in(backend: Backend) {

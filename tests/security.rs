@@ -18,6 +18,7 @@ use tonic::Code;
 on_both_backends!(
     a_session_cannot_refresh_past_its_max_lifetime,
     a_login_rehashes_a_password_made_with_other_parameters,
+    a_hash_made_before_passwords_were_normalised_logs_in_and_is_rehashed,
     concurrent_logins_during_a_rehash_all_succeed,
     set_password_revokes_every_session,
     failed_logins_throttle_the_account_with_growing_delays,
@@ -193,6 +194,53 @@ async fn a_login_rehashes_a_password_made_with_other_parameters(backend: Backend
     );
 }
 
+/// A hash made from a password's bytes as typed (NFD), as authd made them before it hashed
+/// the NFKC form: the same bytes still log in and the hash moves to the normalised form, after
+/// which the NFC spelling logs in too.
+async fn a_hash_made_before_passwords_were_normalised_logs_in_and_is_rehashed(backend: Backend) {
+    use argon2::{PasswordHasher as _, password_hash::SaltString};
+    const NFC: &str = "caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e";
+    const NFD: &str = "cafe\u{301} cre\u{300}me bru\u{302}le\u{301}e";
+    let app = TestApp::spawn(backend).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    // The test cost (m=256, t=1), so that only the form, not the parameters, differs.
+    let params = argon2::Params::new(256, 1, 1, Some(32)).unwrap();
+    let old = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(
+            NFD.as_bytes(),
+            &SaltString::encode_b64(b"sixteen byte salt").unwrap(),
+        )
+        .unwrap()
+        .to_string();
+    let db = Database::connect(app.db.url()).await.unwrap();
+    let user = authd::store::entity::user::Entity::find()
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut row: authd::store::entity::user::ActiveModel = user.into();
+    row.password_hash = sea_orm::ActiveValue::Set(old.clone());
+    sea_orm::ActiveModelTrait::update(row, &db).await.unwrap();
+
+    let status = login(&app.client, "alice@example.com", NFC)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert_eq!(
+        stored_hash(&app).await,
+        old,
+        "a failed login changes nothing"
+    );
+    login(&app.client, "alice@example.com", NFD)
+        .await
+        .expect("the bytes once hashed still log in");
+    let rehashed = stored_hash(&app).await;
+    assert_ne!(rehashed, old, "rehashed in the normalised form");
+    login(&app.client, "alice@example.com", NFC)
+        .await
+        .expect("now the NFC spelling logs in too");
+}
+
 async fn set_password_revokes_every_session(backend: Backend) {
     let app = TestApp::spawn_with(backend, &[("AUTH_REVOCATION_POLL", "1s")]).await;
     let phone = app.user_with_session("alice@example.com").await;
@@ -233,7 +281,7 @@ async fn set_password_revokes_every_session(backend: Backend) {
             "bob@example.com",
             "--password-stdin",
         ],
-        "whatever123\n",
+        "whatever else, fifteen+\n",
     )
     .await;
     assert!(!unknown.status.success(), "an unknown user is an error");

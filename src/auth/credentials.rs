@@ -1,16 +1,61 @@
 //! Login input parsed at the edge: the domain only ever holds valid values.
 
 use secrecy::{ExposeSecret, SecretString};
+use unicode_normalization::{IsNormalized, UnicodeNormalization as _, is_nfkc_quick};
 
 use super::AuthError;
 
 /// Longest email accepted, in bytes (RFC 5321's path limit).
 const MAX_EMAIL_BYTES: usize = 254;
 /// Longest password accepted, in bytes: argon2 takes any length, but hashing megabytes on
-/// request would be a cheap denial of service.
+/// request would be a cheap denial of service. 256 characters of any script fit.
 const MAX_PASSWORD_BYTES: usize = 1024;
-/// Shortest password a new user may get.
-const MIN_NEW_PASSWORD_BYTES: usize = 8;
+/// The lowest `AUTH_PASSWORD_MIN_CHARS` allowed: SP 800-63B-4's floor for a password that is
+/// one factor of several.
+pub const MIN_PASSWORD_CHARS_FLOOR: usize = 8;
+
+/// What a new password must be, after SP 800-63B-4 (3.1.1.2) for a password used alone: long
+/// enough, counted in characters after normalisation; not on a list of common and breached
+/// passwords; no composition rules, and nothing truncated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordPolicy {
+    /// `AUTH_PASSWORD_MIN_CHARS`: the fewest characters (Unicode code points, after NFKC).
+    pub min_chars: usize,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self { min_chars: 15 }
+    }
+}
+
+/// The rule a new password broke; its text names the rule, never the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordRule {
+    /// Fewer characters than the policy's minimum.
+    #[error("password: must have at least {min_chars} characters")]
+    TooShort {
+        /// The policy's minimum.
+        min_chars: usize,
+    },
+    /// More bytes than any password may have.
+    #[error("password: must be at most 1024 bytes")]
+    TooLong,
+    /// On the list of common and breached passwords.
+    #[error("password: is a commonly used or breached password; choose another")]
+    Blocklisted,
+}
+
+impl PasswordRule {
+    /// The ErrorInfo reason clients can switch on.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TooShort { .. } => "PASSWORD_TOO_SHORT",
+            Self::TooLong => "PASSWORD_TOO_LONG",
+            Self::Blocklisted => "PASSWORD_BLOCKLISTED",
+        }
+    }
+}
 
 /// An email address, normalised (trimmed, lower-case) so lookups ignore case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +93,9 @@ impl Email {
     }
 }
 
-/// A password as presented at login: 1 to 1024 bytes. `Debug` never prints it.
+/// A password as presented: 1 to 1024 bytes. `Debug` never prints it. It is hashed in its
+/// NFKC form, so that one typed in another normalisation (a keyboard that composes accents,
+/// say) still matches.
 #[derive(Debug)]
 pub struct Password(SecretString);
 
@@ -61,21 +108,6 @@ impl Password {
                 problem: "must not be empty",
             });
         }
-        Self::bounded(raw)
-    }
-
-    /// A new user's password: 8 to 1024 bytes.
-    pub fn parse_new(raw: String) -> Result<Self, AuthError> {
-        if raw.len() < MIN_NEW_PASSWORD_BYTES {
-            return Err(AuthError::InvalidArgument {
-                field: "password",
-                problem: "must be at least 8 bytes",
-            });
-        }
-        Self::bounded(raw)
-    }
-
-    fn bounded(raw: String) -> Result<Self, AuthError> {
         if raw.len() > MAX_PASSWORD_BYTES {
             return Err(AuthError::InvalidArgument {
                 field: "password",
@@ -85,9 +117,71 @@ impl Password {
         Ok(Self(raw.into()))
     }
 
-    /// The password's bytes, for hashing only.
-    pub(crate) fn expose(&self) -> &[u8] {
-        self.0.expose_secret().as_bytes()
+    /// A new password, held to `policy`.
+    pub fn parse_new(raw: String, policy: &PasswordPolicy) -> Result<Self, AuthError> {
+        if raw.len() > MAX_PASSWORD_BYTES {
+            return Err(AuthError::PasswordRejected(PasswordRule::TooLong));
+        }
+        let password = Self(raw.into());
+        let normalised = password.normalised();
+        let normalised = normalised.as_ref().unwrap_or(&password.0).expose_secret();
+        if normalised.chars().count() < policy.min_chars {
+            return Err(AuthError::PasswordRejected(PasswordRule::TooShort {
+                min_chars: policy.min_chars,
+            }));
+        }
+        let lower = normalised.to_lowercase();
+        if passwords::analyzer::is_common_password(normalised)
+            || passwords::analyzer::is_common_password(&lower)
+        {
+            return Err(AuthError::PasswordRejected(PasswordRule::Blocklisted));
+        }
+        Ok(password)
+    }
+
+    /// The NFKC form, if it differs from the password as typed.
+    fn normalised(&self) -> Option<SecretString> {
+        let raw = self.0.expose_secret();
+        match is_nfkc_quick(raw.chars()) {
+            IsNormalized::Yes => None,
+            _ => {
+                let normalised: String = raw.nfkc().collect();
+                (normalised != *raw).then(|| normalised.into())
+            }
+        }
+    }
+
+    /// The bytes to hash: the NFKC form, and the form as typed if that differs (only for
+    /// hashes made before passwords were normalised).
+    pub(crate) fn forms(&self) -> PasswordForms {
+        match self.normalised() {
+            Some(normalised) => PasswordForms {
+                normalised,
+                as_typed: Some(self.0.clone()),
+            },
+            None => PasswordForms {
+                normalised: self.0.clone(),
+                as_typed: None,
+            },
+        }
+    }
+}
+
+/// A password's forms to hash or verify; see [`Password::forms`].
+pub(crate) struct PasswordForms {
+    normalised: SecretString,
+    as_typed: Option<SecretString>,
+}
+
+impl PasswordForms {
+    /// The NFKC form, which every new hash is made from.
+    pub(crate) fn normalised(&self) -> &[u8] {
+        self.normalised.expose_secret().as_bytes()
+    }
+
+    /// The form as typed, when it differs from the NFKC form.
+    pub(crate) fn as_typed(&self) -> Option<&[u8]> {
+        self.as_typed.as_ref().map(|p| p.expose_secret().as_bytes())
     }
 }
 
@@ -139,9 +233,52 @@ mod tests {
         assert!(Password::parse("x".into()).is_ok());
         assert!(Password::parse("x".repeat(1024)).is_ok());
         assert!(Password::parse("x".repeat(1025)).is_err());
-        assert!(Password::parse_new("x".repeat(7)).is_err());
-        assert!(Password::parse_new("x".repeat(8)).is_ok());
-        assert!(Password::parse_new("x".repeat(1025)).is_err());
+    }
+
+    fn rule(password: &str, min_chars: usize) -> Option<PasswordRule> {
+        match Password::parse_new(password.into(), &PasswordPolicy { min_chars }) {
+            Ok(_) => None,
+            Err(AuthError::PasswordRejected(rule)) => Some(rule),
+            Err(other) => panic!("{password:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_passwords_follow_the_policy_and_name_the_rule_they_break() {
+        let too_short = Some(PasswordRule::TooShort { min_chars: 15 });
+        for short in ["password", "12345678", "aaaaaaaa", "fourteen chars"] {
+            assert_eq!(rule(short, 15), too_short, "{short:?}");
+        }
+        // Counted in characters, not bytes: two emoji are 8 bytes, 2 characters.
+        assert_eq!(
+            rule("🔑🔒", 8),
+            Some(PasswordRule::TooShort { min_chars: 8 })
+        );
+        assert_eq!(rule(&"é".repeat(15), 15), None, "30 bytes, 15 characters");
+        for common in ["passwordpassword", "1234567890qwerty", "PasswordPassword"] {
+            assert_eq!(
+                rule(common, 15),
+                Some(PasswordRule::Blocklisted),
+                "{common:?}"
+            );
+        }
+        assert_eq!(rule("kX9#mQ2vL!pR7wZ", 15), None, "15 random characters");
+        assert_eq!(rule(&"x".repeat(1025), 15), Some(PasswordRule::TooLong));
+        let longest = format!("{}abcd", "abcdefghij".repeat(102));
+        assert_eq!(rule(&longest, 15), None, "1024 bytes, nothing truncated");
+    }
+
+    #[test]
+    fn the_forms_to_hash_are_nfkc_and_as_typed_only_when_they_differ() {
+        let ascii = Password::parse("plain ascii passphrase".into()).unwrap();
+        assert!(ascii.forms().as_typed().is_none());
+        let nfc = "caf\u{e9} au lait, s'il vous pla\u{ee}t";
+        let nfd = "cafe\u{301} au lait, s'il vous plai\u{302}t";
+        let from_nfd = Password::parse(nfd.into()).unwrap().forms();
+        let from_nfc = Password::parse(nfc.into()).unwrap().forms();
+        assert_eq!(from_nfd.normalised(), from_nfc.normalised());
+        assert_eq!(from_nfd.as_typed(), Some(nfd.as_bytes()));
+        assert!(from_nfc.as_typed().is_none());
     }
 
     proptest::proptest! {

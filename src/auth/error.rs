@@ -14,6 +14,10 @@ pub enum AuthError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// INVALID_ARGUMENT (`PASSWORD_TOO_SHORT`, `PASSWORD_TOO_LONG`, `PASSWORD_BLOCKLISTED`): a
+    /// new password breaks the password policy.
+    #[error("{0}")]
+    PasswordRejected(super::credentials::PasswordRule),
     /// UNAUTHENTICATED (INVALID_CREDENTIALS): wrong password, unknown email or disabled user;
     /// deliberately one case so the answer reveals nothing about which.
     #[error("invalid credentials")]

@@ -26,7 +26,7 @@ pub use access_token::{
     AccessClaims, KeyError, TokenKeys, generate_key_file, load_signing_key, load_verification_key,
     read_private,
 };
-pub use credentials::{Email, Password};
+pub use credentials::{Email, MIN_PASSWORD_CHARS_FLOOR, Password, PasswordPolicy, PasswordRule};
 pub use error::AuthError;
 pub use password::{PasswordHasher, Verification};
 pub use refresh::Lifetimes;
@@ -48,23 +48,31 @@ use refresh_token::random_secret;
 pub struct UserAdmin {
     store: Store,
     hasher: PasswordHasher,
+    policy: PasswordPolicy,
 }
 
 impl UserAdmin {
-    /// Administers the users in `store`, hashing with `hasher`.
-    pub fn new(store: Store, hasher: PasswordHasher) -> Self {
-        Self { store, hasher }
+    /// Administers the users in `store`, hashing with `hasher` the passwords that `policy`
+    /// admits.
+    pub fn new(store: Store, hasher: PasswordHasher, policy: PasswordPolicy) -> Self {
+        Self {
+            store,
+            hasher,
+            policy,
+        }
     }
 
-    /// Adds a user; the password must be 8 to 1024 bytes (see [`Password::parse_new`]).
-    pub async fn add_user(&self, email: Email, password: Password) -> Result<Uuid, AuthError> {
+    /// Adds a user whose password meets the policy.
+    pub async fn add_user(&self, email: Email, password: String) -> Result<Uuid, AuthError> {
+        let password = Password::parse_new(password, &self.policy)?;
         let hash = self.hasher.hash(password).await?;
         Ok(self.store.insert_user(email.as_str(), &hash).await?.id)
     }
 
-    /// Sets a new password (8 to 1024 bytes) and revokes every session of the user, in one
-    /// transaction; false if no such user.
-    pub async fn set_password(&self, email: Email, password: Password) -> Result<bool, AuthError> {
+    /// Sets a new password that meets the policy and revokes every session of the user, in
+    /// one transaction; false if no such user.
+    pub async fn set_password(&self, email: Email, password: String) -> Result<bool, AuthError> {
+        let password = Password::parse_new(password, &self.policy)?;
         let hash = self.hasher.hash(password).await?;
         let changed = self.store.set_password(email.as_str(), &hash).await?;
         if let Some(user_id) = changed {

@@ -93,7 +93,13 @@ impl PasswordHasher {
         self.run(move |memory| {
             let salt = random::<SALT_LEN>()?;
             let mut output = [0u8; OUTPUT_LEN];
-            argon2id(&params, password.expose(), &salt, &mut output, memory)?;
+            argon2id(
+                &params,
+                password.forms().normalised(),
+                &salt,
+                &mut output,
+                memory,
+            )?;
             phc_string(&params, &salt, &output)
         })
         .await?
@@ -103,6 +109,10 @@ impl PasswordHasher {
     /// `stored` absent it checks against the dummy hash and answers no match, taking the same
     /// time as a real check. A match against a hash made with other parameters than the
     /// configured ones also carries a new hash of the password, to store in its place.
+    ///
+    /// The NFKC form is checked first. A password whose form as typed differs is checked in
+    /// that form too when the first check fails (hashes made before passwords were
+    /// normalised), unknown email or not, so both cost the same; such a match is rehashed.
     pub async fn verify(
         &self,
         password: Password,
@@ -112,7 +122,13 @@ impl PasswordHasher {
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let params = self.params.clone();
         self.run(move |memory| {
-            let (matched, current) = verify_phc(&phc, password.expose(), &params, memory)?;
+            let forms = password.forms();
+            let (mut matched, mut current) = verify_phc(&phc, forms.normalised(), &params, memory)?;
+            if !matched && let Some(as_typed) = forms.as_typed() {
+                // Found under the old form: the stored hash must move to the normalised one.
+                (matched, _) = verify_phc(&phc, as_typed, &params, memory)?;
+                current = false;
+            }
             if !(known && matched) {
                 return Ok(Verification::Mismatch);
             }
@@ -121,7 +137,7 @@ impl PasswordHasher {
             }
             let salt = random::<SALT_LEN>()?;
             let mut output = [0u8; OUTPUT_LEN];
-            argon2id(&params, password.expose(), &salt, &mut output, memory)?;
+            argon2id(&params, forms.normalised(), &salt, &mut output, memory)?;
             Ok(Verification::MatchRehashed(phc_string(
                 &params, &salt, &output,
             )?))
@@ -382,6 +398,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(wrong, Verification::Mismatch);
+    }
+
+    const NFC: &str = "caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e";
+    const NFD: &str = "cafe\u{301} cre\u{300}me bru\u{302}le\u{301}e";
+
+    #[tokio::test]
+    async fn a_password_enrolled_in_one_normalisation_logs_in_from_another() {
+        let hasher = cheap();
+        let enrolled = hasher.hash(pw(NFC)).await.unwrap();
+        let verified = hasher.verify(pw(NFD), Some(enrolled)).await.unwrap();
+        assert_eq!(verified, Verification::Match);
+    }
+
+    /// A hash made, before passwords were normalised, from the bytes as typed still matches,
+    /// and is replaced by a hash of the normalised form.
+    #[tokio::test]
+    async fn a_hash_of_the_form_as_typed_matches_and_is_rehashed() {
+        let hasher = cheap();
+        let salt = random::<SALT_LEN>().unwrap();
+        let mut output = [0u8; OUTPUT_LEN];
+        argon2id(
+            &hasher.params,
+            NFD.as_bytes(),
+            &salt,
+            &mut output,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let before = phc_string(&hasher.params, &salt, &output).unwrap();
+
+        let Verification::MatchRehashed(after) =
+            hasher.verify(pw(NFD), Some(before.clone())).await.unwrap()
+        else {
+            panic!("an old-form hash is rehashed on a match");
+        };
+        assert_eq!(
+            hasher.verify(pw(NFC), Some(after)).await.unwrap(),
+            Verification::Match,
+            "the new hash is of the normalised form"
+        );
+        assert_eq!(
+            hasher.verify(pw(NFC), Some(before)).await.unwrap(),
+            Verification::Mismatch,
+            "only the form once typed matches an old hash"
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ impl From<AuthError> for Status {
         // Exhaustive on purpose: a new variant must choose its status here.
         let (code, reason) = match &err {
             AuthError::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            AuthError::PasswordRejected(rule) => (Code::InvalidArgument, rule.reason()),
             AuthError::InvalidCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
             AuthError::AccessTokenInvalid => (Code::Unauthenticated, "TOKEN_INVALID"),
             AuthError::AccessTokenExpired => (Code::Unauthenticated, "TOKEN_EXPIRED"),

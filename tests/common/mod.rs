@@ -10,7 +10,7 @@ pub mod rows;
 use std::{net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
 
 use authd::{
-    auth::{Email, Password, PasswordHasher, UserAdmin},
+    auth::{Email, PasswordHasher, UserAdmin},
     config::Config,
     proto::{
         LoginRequest, LoginResponse, LogoutRequest, RefreshRequest, RefreshResponse,
@@ -190,7 +190,7 @@ impl TestApp {
 async fn user_admin(config: &Config) -> UserAdmin {
     let store = server::connect_and_migrate(config).await.expect("store");
     let hasher = PasswordHasher::new(config.argon2, 1, 1).expect("hasher");
-    UserAdmin::new(store, hasher)
+    UserAdmin::new(store, hasher, config.password_policy)
 }
 
 /// Adds a user to a test database, as `authd user add` would, hashing at test cost.
@@ -208,10 +208,7 @@ pub async fn add_user_with(db: &TestDatabase, extra: &[(&str, &str)], email: &st
 async fn add_user_on(config: &Config, email: &str, password: &str) {
     user_admin(config)
         .await
-        .add_user(
-            Email::parse(email).unwrap(),
-            Password::parse_new(password.into()).unwrap(),
-        )
+        .add_user(Email::parse(email).unwrap(), password.into())
         .await
         .expect("user added");
 }
