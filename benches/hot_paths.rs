@@ -21,7 +21,17 @@ const TTL: Duration = Duration::from_secs(900);
 
 fn keys() -> TokenKeys {
     let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    TokenKeys::new(&signing, &[], "authd", "internal-services", Duration::ZERO).unwrap()
+    TokenKeys::new(
+        &signing,
+        &[],
+        "authd",
+        "internal-services",
+        authd::auth::Acceptance {
+            leeway: Duration::ZERO,
+            max_lifetime: TTL,
+        },
+    )
+    .unwrap()
 }
 
 fn now() -> i64 {

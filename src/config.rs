@@ -53,6 +53,11 @@ pub struct Config {
     pub audience: String,
     /// `AUTH_ACCESS_TOKEN_TTL`: lifetime of an access token.
     pub access_token_ttl: Duration,
+    /// `AUTH_ACCESS_TOKEN_MAX_LIFETIME`: the longest lifetime (`exp - iat`) an access token
+    /// may have to validate, and how long a revocation is remembered for Validate; at least
+    /// the TTL, which it defaults to. Keep it at the old TTL for one old lifetime after
+    /// shortening the TTL, so that tokens already issued keep validating, and stay revocable.
+    pub access_token_max_lifetime: Duration,
     /// `AUTH_REFRESH_TOKEN_TTL`: lifetime of a refresh token.
     pub refresh_token_ttl: Duration,
     /// `AUTH_SESSION_MAX_LIFETIME`: a session's absolute lifetime from its login; rotation
@@ -296,6 +301,10 @@ impl Config {
             issuer: vars.text("AUTH_ISSUER", "authd")?,
             audience: vars.text("AUTH_AUDIENCE", "internal-services")?,
             access_token_ttl: vars.duration("AUTH_ACCESS_TOKEN_TTL", "15m")?,
+            access_token_max_lifetime: match vars.0.get("AUTH_ACCESS_TOKEN_MAX_LIFETIME") {
+                Some(_) => vars.duration("AUTH_ACCESS_TOKEN_MAX_LIFETIME", "15m")?,
+                None => vars.duration("AUTH_ACCESS_TOKEN_TTL", "15m")?,
+            },
             refresh_token_ttl: vars.duration("AUTH_REFRESH_TOKEN_TTL", "7d")?,
             session_max_lifetime: vars.duration("AUTH_SESSION_MAX_LIFETIME", "30d")?,
             refresh_key_file: vars.0.get("AUTH_REFRESH_KEY_FILE").map(PathBuf::from),
@@ -403,8 +412,18 @@ impl Config {
                 ));
             }
         }
+        if config.access_token_max_lifetime < config.access_token_ttl {
+            return Err(error(
+                "AUTH_ACCESS_TOKEN_MAX_LIFETIME",
+                "must be at least AUTH_ACCESS_TOKEN_TTL: tokens of that lifetime are issued",
+            ));
+        }
         for (variable, ttl) in [
             ("AUTH_ACCESS_TOKEN_TTL", config.access_token_ttl),
+            (
+                "AUTH_ACCESS_TOKEN_MAX_LIFETIME",
+                config.access_token_max_lifetime,
+            ),
             ("AUTH_REFRESH_TOKEN_TTL", config.refresh_token_ttl),
             ("AUTH_SESSION_MAX_LIFETIME", config.session_max_lifetime),
         ] {
@@ -667,6 +686,27 @@ mod tests {
     fn absurd_token_lifetimes_are_refused() {
         let e = config(&[("AUTH_REFRESH_TOKEN_TTL", "20000d")]).unwrap_err();
         assert_eq!(e.variable, "AUTH_REFRESH_TOKEN_TTL");
+    }
+
+    #[test]
+    fn the_longest_access_token_lifetime_defaults_to_the_ttl_and_never_falls_below_it() {
+        let c = config(&[("AUTH_ACCESS_TOKEN_TTL", "5m")]).unwrap();
+        assert_eq!(c.access_token_max_lifetime, Duration::from_secs(300));
+        let c = config(&[("AUTH_ACCESS_TOKEN_MAX_LIFETIME", "1h")]).unwrap();
+        assert_eq!(c.access_token_max_lifetime, Duration::from_secs(3600));
+        let e = config(&[
+            ("AUTH_ACCESS_TOKEN_TTL", "15m"),
+            ("AUTH_ACCESS_TOKEN_MAX_LIFETIME", "5m"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.variable, "AUTH_ACCESS_TOKEN_MAX_LIFETIME");
+    }
+
+    #[test]
+    fn the_password_minimum_is_never_below_eight_characters() {
+        assert_eq!(config(&[]).unwrap().password_policy.min_chars, 15);
+        let e = config(&[("AUTH_PASSWORD_MIN_CHARS", "7")]).unwrap_err();
+        assert_eq!(e.variable, "AUTH_PASSWORD_MIN_CHARS");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     auth::{
-        Authenticator, PasswordHasher, RefreshKey, ReuseGrace, RevokedSessions, SuccessorKey,
-        TokenKeys, load_signing_key, load_verification_key,
+        Acceptance, Authenticator, PasswordHasher, RefreshKey, ReuseGrace, RevokedSessions,
+        SuccessorKey, TokenKeys, load_signing_key, load_verification_key,
     },
     cleanup,
     config::{Config, TlsFiles},
@@ -62,7 +62,7 @@ impl Application {
         )
         .context("while preparing the password hasher")?;
         let revoked = Arc::new(RevokedSessions::new(
-            config.access_token_ttl,
+            config.access_token_max_lifetime,
             config.jwt_leeway,
         ));
         let revocations_loaded_at = revoked
@@ -330,7 +330,10 @@ fn load_token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
         &verify_only,
         &config.issuer,
         &config.audience,
-        config.jwt_leeway,
+        Acceptance {
+            leeway: config.jwt_leeway,
+            max_lifetime: config.access_token_max_lifetime,
+        },
     )
     .context("while preparing the token keys")
 }

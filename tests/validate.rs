@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{Backend, TestApp, assert_status, eventually, validate};
+use common::{Backend, TestApp, assert_status, eventually, logout, validate};
 use ed25519_dalek::{Signer as _, SigningKey, pkcs8::DecodePrivateKey as _};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -17,6 +17,7 @@ on_both_backends!(
     forged_and_malformed_tokens_are_rejected,
     a_token_past_its_expiry_is_rejected_as_expired,
     a_token_expires_after_its_configured_lifetime,
+    after_the_lifetime_is_shortened_a_logged_out_token_never_validates_again,
 );
 
 /// Signs `header.claims` with `key`, however odd the header and claims are.
@@ -260,4 +261,43 @@ async fn a_token_expires_after_its_configured_lifetime(backend: Backend) {
     )
     .await;
     assert_status(&status, Code::Unauthenticated, "TOKEN_EXPIRED");
+}
+
+/// Tokens issued under a 15-minute TTL, one of them logged out; the server restarts with a
+/// 2 s TTL. With the default longest lifetime (the TTL) both are refused as too long-lived;
+/// with `AUTH_ACCESS_TOKEN_MAX_LIFETIME=15m` (the rollout setting) the live one validates and
+/// the logged-out one stays refused, because the revoked set now keeps 15 minutes.
+async fn after_the_lifetime_is_shortened_a_logged_out_token_never_validates_again(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let revoked = app.user_with_session("alice@example.com").await;
+    let live = app
+        .login("alice@example.com", common::PASSWORD)
+        .await
+        .unwrap();
+    logout(&app.client, &revoked.refresh_token, false)
+        .await
+        .unwrap();
+    let db = app.stop().await;
+
+    let shortened = TestApp::spawn_on(db, &[("AUTH_ACCESS_TOKEN_TTL", "2s")]).await;
+    for token in [&revoked.access_token, &live.access_token] {
+        let status = validate(&shortened.client, token).await.unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+    }
+    let db = shortened.stop().await;
+
+    let rolling = [
+        ("AUTH_ACCESS_TOKEN_TTL", "2s"),
+        ("AUTH_ACCESS_TOKEN_MAX_LIFETIME", "15m"),
+    ];
+    let rolling = TestApp::spawn_on(db, &rolling).await;
+    validate(&rolling.client, &live.access_token)
+        .await
+        .expect("a live token of the old lifetime");
+    let status = validate(&rolling.client, &revoked.access_token)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
 }

@@ -14,13 +14,26 @@ fn keys() -> &'static TokenKeys {
     static KEYS: OnceLock<TokenKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let key = SigningKey::from_pkcs8_pem(FUZZ_KEY).expect("fuzz key parses");
-        TokenKeys::new(&key, &[], "authd", "fuzz", Duration::ZERO).expect("fuzz keys")
+        TokenKeys::new(
+            &key,
+            &[],
+            "authd",
+            "fuzz",
+            authd::auth::Acceptance {
+                leeway: Duration::ZERO,
+                max_lifetime: Duration::from_secs(900),
+            },
+        )
+        .expect("fuzz keys")
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(token) = std::str::from_utf8(data) {
         let result = keys().verify(token);
-        assert!(matches!(result, Err(AuthError::AccessTokenInvalid)), "{result:?}");
+        assert!(
+            matches!(result, Err(AuthError::AccessTokenInvalid)),
+            "{result:?}"
+        );
     }
 });

@@ -114,6 +114,9 @@ pub struct TokenKeys {
     validation: Validation,
     issuer: String,
     audience: String,
+    /// [`Acceptance::leeway`] and [`Acceptance::max_lifetime`], in seconds.
+    leeway: i64,
+    max_lifetime: i64,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -128,15 +131,31 @@ impl std::fmt::Debug for TokenKeys {
     }
 }
 
+/// What an access token's times must satisfy, beyond its signature and claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acceptance {
+    /// `AUTH_JWT_LEEWAY`: clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// `AUTH_ACCESS_TOKEN_MAX_LIFETIME`: the longest `exp - iat` accepted. The revoked set
+    /// remembers a revocation this long, so a longer-lived token (signed by a key that leaked,
+    /// or under a longer TTL since shortened) would outlive its session's revocation.
+    pub max_lifetime: Duration,
+}
+
 impl TokenKeys {
-    /// Signs with `signing`; verifies tokens of `signing` and of every key in `verify_only`.
+    /// Signs with `signing`; verifies tokens of `signing` and of every key in `verify_only`
+    /// whose times meet `acceptance`.
     pub fn new(
         signing: &ed25519_dalek::SigningKey,
         verify_only: &[ed25519_dalek::VerifyingKey],
         issuer: &str,
         audience: &str,
-        leeway: Duration,
+        acceptance: Acceptance,
     ) -> Result<Self, KeyError> {
+        let Acceptance {
+            leeway,
+            max_lifetime,
+        } = acceptance;
         let mut decoding = HashMap::new();
         let mut jwks = JwkSet::default();
         let mut kid = String::new();
@@ -172,6 +191,8 @@ impl TokenKeys {
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
+            max_lifetime: i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX),
         })
     }
 
@@ -214,8 +235,10 @@ impl TokenKeys {
         Ok(token)
     }
 
-    /// Checks signature, algorithm, `typ`, `kid`, iss, aud, exp and nbf. Key-carrying headers
-    /// (`jwk`, `jku`, `x5u`, `x5c`) are ignored: only configured keys are trusted.
+    /// Checks signature, algorithm, `typ`, `kid`, iss, aud, exp and nbf, and that the token's
+    /// lifetime (`exp - iat`) is at most the longest accepted and its `iat` not in the future
+    /// beyond the leeway. Key-carrying headers (`jwk`, `jku`, `x5u`, `x5c`) are ignored: only
+    /// configured keys are trusted.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError::AccessTokenInvalid)?;
@@ -228,7 +251,15 @@ impl TokenKeys {
             .and_then(|kid| self.decoding.get(kid))
             .ok_or(AuthError::AccessTokenInvalid)?;
         match jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation) {
-            Ok(data) => Ok(data.claims),
+            Ok(data) => {
+                let claims = data.claims;
+                let now = chrono::Utc::now().timestamp();
+                let lifetime = claims.exp.saturating_sub(claims.iat);
+                if lifetime > self.max_lifetime || claims.iat > now.saturating_add(self.leeway) {
+                    return Err(AuthError::AccessTokenInvalid);
+                }
+                Ok(claims)
+            }
             Err(e) => match e.kind() {
                 ErrorKind::ExpiredSignature => Err(AuthError::AccessTokenExpired),
                 _ => Err(AuthError::AccessTokenInvalid),
@@ -361,9 +392,58 @@ pub fn generate_key_file(path: &Path) -> Result<bool, KeyError> {
 mod tests {
     use super::*;
 
+    /// No leeway; tokens of up to an hour.
+    const ACCEPT_AN_HOUR: Acceptance = Acceptance {
+        leeway: Duration::ZERO,
+        max_lifetime: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn a_token_living_longer_than_the_longest_lifetime_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path());
+        let sign = |iat, ttl| {
+            keys.issue(Uuid::new_v4(), Uuid::new_v4(), "a@b.c", iat, ttl)
+                .unwrap()
+        };
+        assert!(keys.verify(&sign(now(), Duration::from_secs(3600))).is_ok());
+        // Our own key, our own claims: only the lifetime is wrong.
+        let too_long = sign(now(), Duration::from_secs(3601));
+        assert!(matches!(
+            keys.verify(&too_long),
+            Err(AuthError::AccessTokenInvalid)
+        ));
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_invalid_beyond_the_leeway() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_signing_key(None, Some(&dir.path().join("k.pem"))).unwrap();
+        let lenient = Acceptance {
+            leeway: Duration::from_secs(30),
+            ..ACCEPT_AN_HOUR
+        };
+        let keys = TokenKeys::new(&key, &[], "authd", "svc", lenient).unwrap();
+        let sign = |iat| {
+            keys.issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                "a@b.c",
+                iat,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        assert!(keys.verify(&sign(now() + 20)).is_ok(), "within the leeway");
+        assert!(matches!(
+            keys.verify(&sign(now() + 120)),
+            Err(AuthError::AccessTokenInvalid)
+        ));
+    }
+
     fn keys(dir: &Path) -> TokenKeys {
         let key = load_signing_key(None, Some(&dir.join("k.pem"))).unwrap();
-        TokenKeys::new(&key, &[], "authd", "svc", Duration::ZERO).unwrap()
+        TokenKeys::new(&key, &[], "authd", "svc", ACCEPT_AN_HOUR).unwrap()
     }
 
     fn now() -> i64 {
@@ -575,7 +655,7 @@ mod tests {
 
         let current = load_signing_key(None, Some(&new_dir.path().join("k.pem"))).unwrap();
         let rotated =
-            TokenKeys::new(&current, &[verify_only], "authd", "svc", Duration::ZERO).unwrap();
+            TokenKeys::new(&current, &[verify_only], "authd", "svc", ACCEPT_AN_HOUR).unwrap();
         assert!(
             rotated.verify(&old_token).is_ok(),
             "a listed old key still verifies"
@@ -588,7 +668,7 @@ mod tests {
             .collect();
         assert_eq!(kids, vec![rotated.kid().to_owned(), old.kid().to_owned()]);
 
-        let unlisted = TokenKeys::new(&current, &[], "authd", "svc", Duration::ZERO).unwrap();
+        let unlisted = TokenKeys::new(&current, &[], "authd", "svc", ACCEPT_AN_HOUR).unwrap();
         assert!(matches!(
             unlisted.verify(&old_token),
             Err(AuthError::AccessTokenInvalid)

@@ -23,8 +23,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 pub use access_token::{
-    AccessClaims, KeyError, TokenKeys, generate_key_file, load_signing_key, load_verification_key,
-    read_private,
+    Acceptance, AccessClaims, KeyError, TokenKeys, generate_key_file, load_signing_key,
+    load_verification_key, read_private,
 };
 pub use credentials::{Email, MIN_PASSWORD_CHARS_FLOOR, Password, PasswordPolicy, PasswordRule};
 pub use error::AuthError;

@@ -25,14 +25,16 @@ const RETENTION_MARGIN: TimeDelta = TimeDelta::minutes(5);
 pub struct RevokedSessions {
     /// Session id -> when the entry may be dropped.
     entries: RwLock<HashMap<Uuid, DateTime<Utc>>>,
-    /// Access-token lifetime plus leeway plus margin.
+    /// The longest access-token lifetime Validate accepts, plus leeway, plus margin.
     retention: TimeDelta,
 }
 
 impl RevokedSessions {
-    /// An empty set whose entries live for `access_token_ttl + leeway` plus a margin.
-    pub fn new(access_token_ttl: Duration, leeway: Duration) -> Self {
-        let covered = TimeDelta::from_std(access_token_ttl + leeway).unwrap_or(TimeDelta::MAX);
+    /// An empty set whose entries live for `max_lifetime + leeway` plus a margin:
+    /// `max_lifetime` is the longest access-token lifetime Validate accepts (not merely the
+    /// current TTL), so no token it accepts can outlive its session's entry.
+    pub fn new(max_lifetime: Duration, leeway: Duration) -> Self {
+        let covered = TimeDelta::from_std(max_lifetime + leeway).unwrap_or(TimeDelta::MAX);
         Self {
             entries: RwLock::new(HashMap::new()),
             retention: covered
