@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         .login(LoginRequest {
             email: args.email,
             password: args.password,
+            client: None,
         })
         .await
         .context("login")?

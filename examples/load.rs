@@ -189,6 +189,7 @@ async fn open_sessions(args: &Args, channels: &[Channel]) {
         let login = LoginRequest {
             email: args.email.clone(),
             password: args.password.clone(),
+            client: None,
         };
         workers.push(tokio::spawn(async move {
             let mut tokens = Vec::new();
@@ -227,6 +228,7 @@ async fn run_worker(
     let login = LoginRequest {
         email: args.email.clone(),
         password: args.password.clone(),
+        client: None,
     };
     let needs_session = match args.mode {
         Mode::Health | Mode::Login | Mode::Sessions => false,

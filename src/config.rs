@@ -98,9 +98,9 @@ pub struct Config {
     /// Login throttling per client address: the same delays after
     /// `AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS` failures.
     pub address_backoff: Backoff,
-    /// `AUTH_TRUST_FORWARDED_FOR`: take the client address from the first `x-forwarded-for`
-    /// entry (set it only behind a proxy that writes that header).
-    pub trust_forwarded_for: bool,
+    /// Where the address login throttling counts against comes from, when a Login carries
+    /// no `client` field.
+    pub client_address: ClientAddressRule,
     /// `AUTH_SHUTDOWN_GRACE`: how long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// HTTP/2 bounds on each gRPC connection, so that one peer cannot hold unbounded state.
@@ -210,6 +210,19 @@ pub struct TlsFiles {
     /// `AUTH_TLS_CLIENT_CA_FILE`: when set, clients must present a certificate signed by this
     /// CA (mutual TLS); one without is refused at the handshake.
     pub client_ca: Option<PathBuf>,
+}
+
+/// The end user's address for a Login without a `client` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientAddressRule {
+    /// `AUTH_TRUSTED_PROXY_HOPS`: proxies in front of authd that append the address they saw
+    /// to `x-forwarded-for`; the address is the entry that many from the right (the one the
+    /// outermost trusted proxy wrote). 0: the header is ignored.
+    pub trusted_proxy_hops: usize,
+    /// `AUTH_LOGIN_THROTTLE_PEER`: with no address from the request, count against the
+    /// calling peer's own address. Off by default: when every call comes through one gateway,
+    /// that would throttle every user behind it at once.
+    pub throttle_peer: bool,
 }
 
 /// What one gRPC connection may hold. Without a stream limit hyper accepts every stream a
@@ -340,7 +353,14 @@ impl Config {
                 free_attempts: vars.number("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", 20, 1..=100_000)?,
                 ..account_backoff
             },
-            trust_forwarded_for: vars.flag("AUTH_TRUST_FORWARDED_FOR", false)?,
+            client_address: ClientAddressRule {
+                // AUTH_TRUST_FORWARDED_FOR, its predecessor, meant one proxy in front.
+                trusted_proxy_hops: match vars.0.get("AUTH_TRUSTED_PROXY_HOPS") {
+                    Some(_) => vars.number("AUTH_TRUSTED_PROXY_HOPS", 0, 0..=16)?,
+                    None => usize::from(vars.flag("AUTH_TRUST_FORWARDED_FOR", false)?),
+                },
+                throttle_peer: vars.flag("AUTH_LOGIN_THROTTLE_PEER", false)?,
+            },
             shutdown_grace: vars.duration("AUTH_SHUTDOWN_GRACE", "10s")?,
             max_connections: vars.number("AUTH_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
             handshake_timeout: vars.duration("AUTH_HANDSHAKE_TIMEOUT", "10s")?,
@@ -707,6 +727,20 @@ mod tests {
         assert_eq!(config(&[]).unwrap().password_policy.min_chars, 15);
         let e = config(&[("AUTH_PASSWORD_MIN_CHARS", "7")]).unwrap_err();
         assert_eq!(e.variable, "AUTH_PASSWORD_MIN_CHARS");
+    }
+
+    #[test]
+    fn the_former_forwarded_for_switch_means_one_trusted_proxy() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.client_address, ClientAddressRule::default());
+        let c = config(&[("AUTH_TRUST_FORWARDED_FOR", "true")]).unwrap();
+        assert_eq!(c.client_address.trusted_proxy_hops, 1);
+        let c = config(&[
+            ("AUTH_TRUST_FORWARDED_FOR", "true"),
+            ("AUTH_TRUSTED_PROXY_HOPS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.client_address.trusted_proxy_hops, 2);
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl Application {
         let auth_service = InFlightLimit::new(
             AuthServiceServer::new(AuthGrpc::new(
                 self.auth,
-                self.config.trust_forwarded_for,
+                self.config.client_address,
                 RefreshCookie::new(&self.config.refresh_cookie),
             ))
             .max_decoding_message_size(self.config.max_request_bytes),

@@ -200,6 +200,7 @@ async fn grpc_web_answers_set_the_cookie_with_its_attributes(backend: Backend) {
     let request = authd::proto::LoginRequest {
         email: EMAIL.into(),
         password: PASSWORD.into(),
+        client: None,
     };
     let (head, message) = grpc_web_call(&app, "Login", &request.encode_to_vec(), None).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -140,6 +140,7 @@ fn arbitrary_field_values_get_documented_statuses() {
                         .login(LoginRequest {
                             email: first,
                             password: second,
+                            client: None,
                         })
                         .await
                         .map(|_| ()),

@@ -27,6 +27,9 @@ on_both_backends!(
     after_the_reuse_grace_a_retry_revokes_the_session,
     concurrent_guesses_are_counted_before_any_is_checked,
     an_accounts_own_concurrent_logins_all_succeed,
+    a_stated_client_address_is_throttled_and_the_gateway_is_not,
+    the_peer_is_throttled_when_asked,
+    behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing,
 );
 
 async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend) {
@@ -472,43 +475,162 @@ async fn failed_logins_throttle_the_account_with_growing_delays(backend: Backend
     assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_throttle_the_client_address() {
-    let settings = [
-        ("AUTH_LOGIN_FREE_ATTEMPTS", "100"),
-        ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "3"),
-        ("AUTH_LOGIN_BASE_DELAY", "10s"),
-        ("AUTH_TRUST_FORWARDED_FOR", "true"),
-    ];
-    let app = TestApp::spawn_with(Backend::Sqlite, &settings).await;
+/// Address throttling alone: 3 free failures per address, then 10 s.
+const ADDRESS_THROTTLE: [(&str, &str); 3] = [
+    ("AUTH_LOGIN_FREE_ATTEMPTS", "100"),
+    ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "3"),
+    ("AUTH_LOGIN_BASE_DELAY", "10s"),
+];
+
+/// A Login as a gateway sends it: the end user's address in `client`, or none, and perhaps an
+/// `x-forwarded-for` header.
+async fn login_via(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    client_address: Option<&str>,
+    forwarded_for: Option<&str>,
+) -> Result<authd::proto::LoginResponse, tonic::Status> {
+    let mut request = tonic::Request::new(authd::proto::LoginRequest {
+        email: email.into(),
+        password: password.into(),
+        client: client_address.map(|address| authd::proto::Client {
+            address: address.into(),
+            user_agent: "Mozilla/5.0 (test)".into(),
+        }),
+    });
+    if let Some(forwarded) = forwarded_for {
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", forwarded.parse().unwrap());
+    }
+    app.client
+        .clone()
+        .login(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Many failures stating one end-user address, all through one peer (the gateway): that
+/// address is throttled, another is not, and the gateway's own logins are not.
+async fn a_stated_client_address_is_throttled_and_the_gateway_is_not(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &ADDRESS_THROTTLE).await;
     app.add_user("alice@example.com", PASSWORD).await;
-    let from = |address: &str, email: &str, password: &str| {
-        let mut request = tonic::Request::new(authd::proto::LoginRequest {
-            email: email.into(),
-            password: password.into(),
-        });
-        request.metadata_mut().insert(
-            "x-forwarded-for",
-            format!("{address}, 10.0.0.1").parse().unwrap(),
-        );
-        let mut client = app.client.clone();
-        async move { client.login(request).await }
-    };
     for n in 0..3 {
-        let status = from("203.0.113.7", &format!("guess{n}@example.com"), "wrong")
+        let email = format!("guess{n}@example.com");
+        let status = login_via(&app, &email, "wrong", Some("203.0.113.7"), None)
             .await
             .unwrap_err();
         assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
     }
-    // A fourth account from that address is refused before any hashing...
-    let status = from("203.0.113.7", "alice@example.com", PASSWORD)
+    let status = login_via(
+        &app,
+        "alice@example.com",
+        PASSWORD,
+        Some("203.0.113.7"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        retry_delay(&status) > Duration::from_secs(5),
+        "that address waits"
+    );
+    login_via(
+        &app,
+        "alice@example.com",
+        PASSWORD,
+        Some("198.51.100.2"),
+        None,
+    )
+    .await
+    .expect("another end user behind the same gateway");
+
+    // Failures without a stated address come from the gateway itself: never throttled by
+    // address unless AUTH_LOGIN_THROTTLE_PEER asks for it.
+    for n in 0..5 {
+        let email = format!("peer{n}@example.com");
+        let status = login_via(&app, &email, "wrong", None, None)
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    login_via(&app, "alice@example.com", PASSWORD, None, None)
+        .await
+        .expect("the gateway is not throttled");
+
+    let status = login_via(
+        &app,
+        "alice@example.com",
+        PASSWORD,
+        Some("203.0.113.7:443"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(
+        status.message().starts_with("client.address"),
+        "{}",
+        status.message()
+    );
+}
+
+/// With AUTH_LOGIN_THROTTLE_PEER a Login without a stated address counts against the peer.
+async fn the_peer_is_throttled_when_asked(backend: Backend) {
+    let settings = [
+        ADDRESS_THROTTLE.as_slice(),
+        &[("AUTH_LOGIN_THROTTLE_PEER", "true")],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &settings).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    for n in 0..3 {
+        let email = format!("guess{n}@example.com");
+        let _ = login_via(&app, &email, "wrong", None, None).await;
+    }
+    let status = login_via(&app, "alice@example.com", PASSWORD, None, None)
         .await
         .unwrap_err();
     assert!(retry_delay(&status) > Duration::from_secs(5));
-    // ...while the same account from another address is fine.
-    from("198.51.100.2", "alice@example.com", PASSWORD)
+}
+
+/// Behind one trusted proxy, the client writes the first x-forwarded-for entry and the proxy
+/// appends what it saw. Rotating the first entry gains nothing: the throttle keys on the
+/// proxy's entry. Writing a victim's address there does not lock the victim out.
+async fn behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing(backend: Backend) {
+    let settings = [
+        ADDRESS_THROTTLE.as_slice(),
+        &[("AUTH_TRUSTED_PROXY_HOPS", "1")],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(backend, &settings).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    for n in 0..3 {
+        let spoofed = format!("198.51.100.{}, 203.0.113.7", n + 10);
+        let email = format!("guess{n}@example.com");
+        let status = login_via(&app, &email, "wrong", None, Some(&spoofed))
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    }
+    let as_victim = "198.51.100.2, 203.0.113.7";
+    let status = login_via(&app, "alice@example.com", PASSWORD, None, Some(as_victim))
         .await
-        .expect("another address");
+        .unwrap_err();
+    assert!(
+        retry_delay(&status) > Duration::from_secs(5),
+        "still the attacker's address"
+    );
+    login_via(
+        &app,
+        "alice@example.com",
+        PASSWORD,
+        None,
+        Some("198.51.100.2"),
+    )
+    .await
+    .expect("the victim, seen by the proxy as itself, is not locked out");
 }
 
 /// Account throttling alone: 5 free failures (the default), then 10 s.

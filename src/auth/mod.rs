@@ -91,6 +91,15 @@ impl UserAdmin {
     }
 }
 
+/// Who is logging in, as far as the caller can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginClient {
+    /// The end user's address, which throttling per address counts against.
+    pub address: Option<IpAddr>,
+    /// The end user's User-Agent, for the audit trail.
+    pub user_agent: Option<String>,
+}
+
 /// Longest access token accepted for validation; ours are well under 1 KiB.
 const MAX_ACCESS_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -189,8 +198,10 @@ impl Authenticator {
         &self,
         email: Email,
         password: Password,
-        client: Option<IpAddr>,
+        login_client: LoginClient,
     ) -> Result<IssuedTokens, AuthError> {
+        let client = login_client.address;
+        let user_agent = login_client.user_agent.as_deref();
         let _turn = self.turns.take(email.as_str()).await?;
         // Throttled before any hashing, and the same way whether or not the email exists.
         let started = store::now();
@@ -249,7 +260,7 @@ impl Authenticator {
                 user
             }
             _ => {
-                audit!(event = "login_failed", email = email.as_str(), failures, client = ?client);
+                audit!(event = "login_failed", email = email.as_str(), failures, client = ?client, user_agent = ?user_agent);
                 crate::metrics::login_failed();
                 return Err(AuthError::InvalidCredentials);
             }
@@ -287,7 +298,7 @@ impl Authenticator {
             crate::metrics::login_failed();
             return Err(AuthError::InvalidCredentials);
         }
-        audit!(event = "login", user_id = %user.id, session_id = %session.session_id);
+        audit!(event = "login", user_id = %user.id, session_id = %session.session_id, client = ?client, user_agent = ?user_agent);
         let issued = Issued {
             user_id: user.id,
             email: &user.email,

@@ -1,19 +1,21 @@
 //! Transport only: proto messages in, domain calls, proto messages or a `Status` out.
 
 pub mod browser;
+mod client_address;
 pub mod codec;
 pub mod limits;
 mod status;
 
-use std::{future::Future, net::IpAddr, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use tonic::{Code, Request, Response, Status, codegen::http};
 
 use self::browser::{RefreshCookie, is_browser_call};
 use crate::{
-    auth::{AuthError, Authenticator, Email, IssuedTokens, Password, RefreshToken},
+    auth::{AuthError, Authenticator, Email, IssuedTokens, LoginClient, Password, RefreshToken},
+    config::ClientAddressRule,
     proto::{
-        LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest,
+        Client, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest,
         RefreshResponse, ValidateRequest, ValidateResponse, auth_service_server::AuthService,
     },
 };
@@ -22,18 +24,22 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthGrpc {
     auth: Arc<Authenticator>,
-    trust_forwarded_for: bool,
+    client_address: ClientAddressRule,
     cookie: RefreshCookie,
 }
 
 impl AuthGrpc {
-    /// Serves `auth` over gRPC; with `trust_forwarded_for`, the client address is the first
-    /// `x-forwarded-for` entry rather than the peer. Browsers (gRPC-Web) get their refresh
-    /// token in `cookie` instead of the response body.
-    pub fn new(auth: Arc<Authenticator>, trust_forwarded_for: bool, cookie: RefreshCookie) -> Self {
+    /// Serves `auth` over gRPC; a Login without a `client` address takes its address by
+    /// `client_address`. Browsers (gRPC-Web) get their refresh token in `cookie` instead of
+    /// the response body.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        client_address: ClientAddressRule,
+        cookie: RefreshCookie,
+    ) -> Self {
         Self {
             auth,
-            trust_forwarded_for,
+            client_address,
             cookie,
         }
     }
@@ -74,16 +80,29 @@ impl AuthGrpc {
         }
     }
 
-    /// The address login throttling counts failures against.
-    fn client_address<T>(&self, request: &Request<T>) -> Option<IpAddr> {
-        let forwarded = self
-            .trust_forwarded_for
-            .then(|| request.metadata().get("x-forwarded-for"))
-            .flatten()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|list| list.split(',').next())
-            .and_then(|first| first.trim().parse().ok());
-        forwarded.or_else(|| request.remote_addr().map(|peer| peer.ip()))
+    /// The end user behind a Login: its `client` field, and where that states no address,
+    /// the address `x-forwarded-for` or the peer give by the configured rule.
+    fn login_client(
+        &self,
+        request: &Request<LoginRequest>,
+        stated: Option<Client>,
+    ) -> Result<LoginClient, AuthError> {
+        let Client {
+            address,
+            user_agent,
+        } = stated.unwrap_or_default();
+        let address = match client_address::stated_address(&address)? {
+            Some(address) => Some(address),
+            None => client_address::unstated_address(
+                self.client_address,
+                request.metadata(),
+                request.remote_addr(),
+            ),
+        };
+        Ok(LoginClient {
+            address,
+            user_agent: client_address::user_agent(user_agent)?,
+        })
     }
 }
 
@@ -91,12 +110,15 @@ impl AuthGrpc {
 impl AuthService for AuthGrpc {
     async fn login(
         &self,
-        request: Request<LoginRequest>,
+        mut request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         observe("Login", async {
-            let client = self.client_address(&request);
             let browser = is_browser_call(&request);
-            let LoginRequest { email, password } = request.into_inner();
+            let stated = request.get_mut().client.take();
+            let client = self.login_client(&request, stated)?;
+            let LoginRequest {
+                email, password, ..
+            } = request.into_inner();
             let email = Email::parse(&email)?;
             let password = Password::parse(password)?;
             let tokens = self.auth.login(email, password, client).await?;

@@ -219,6 +219,7 @@ pub async fn login(client: &Client, email: &str, password: &str) -> Result<Login
         .login(LoginRequest {
             email: email.into(),
             password: password.into(),
+            client: None,
         })
         .await
         .map(|r| r.into_inner())
