@@ -65,7 +65,7 @@ fn forwarded_for<'a>(values: impl Iterator<Item = &'a str>, hops: usize) -> Opti
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .collect();
-    let index = entries.len().checked_sub(hops).unwrap_or(0);
+    let index = entries.len().saturating_sub(hops);
     let entry = entries.get(index)?;
     entry
         .parse::<IpAddr>()
