@@ -8,7 +8,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use uuid::Uuid;
 
 use crate::{
-    auth::FAILURE_MEMORY,
+    auth::{FAILURE_MEMORY, KNOWN_CLIENT_MEMORY},
     config::Config,
     store::{self, Store, StoreError},
 };
@@ -22,6 +22,8 @@ pub struct CleanupReport {
     pub legacy_refresh_tokens: u64,
     /// Accounts whose failed logins the throttle has forgotten.
     pub login_attempts: u64,
+    /// Addresses no longer trusted for their account, unseen for `KNOWN_CLIENT_MEMORY`.
+    pub known_login_clients: u64,
 }
 
 /// What the clean-up deletes, and how much at a time.
@@ -74,10 +76,16 @@ pub async fn run_once(store: &Store, policy: CleanupPolicy) -> Result<CleanupRep
         store.delete_stale_login_attempts(now, forget_before, batch)
     })
     .await?;
+    let unseen_since = now - KNOWN_CLIENT_MEMORY;
+    report.known_login_clients = in_batches(batch, || {
+        store.delete_stale_known_login_clients(unseen_since, batch)
+    })
+    .await?;
     tracing::info!(
         sessions = report.sessions,
         legacy_refresh_tokens = report.legacy_refresh_tokens,
         login_attempts = report.login_attempts,
+        known_login_clients = report.known_login_clients,
         "cleanup deleted ended rows"
     );
     Ok(report)
@@ -128,6 +136,7 @@ pub async fn start_schedule(
                         ("sessions", report.sessions),
                         ("legacy_refresh_tokens", report.legacy_refresh_tokens),
                         ("login_attempts", report.login_attempts),
+                        ("known_login_clients", report.known_login_clients),
                     ],
                 ),
                 Err(e) => {

@@ -136,9 +136,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("while deleting ended rows")?;
             println!(
-                "deleted {} ended sessions, {} expired pre-upgrade refresh tokens and {} \
-                 forgotten login attempts",
-                report.sessions, report.legacy_refresh_tokens, report.login_attempts
+                "deleted {} ended sessions, {} expired pre-upgrade refresh tokens, {} forgotten \
+                 login attempts and {} known login addresses unseen for 30 days",
+                report.sessions,
+                report.legacy_refresh_tokens,
+                report.login_attempts,
+                report.known_login_clients
             );
             Ok(())
         }

@@ -5,7 +5,9 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use authd::store::entity::{legacy_refresh_token, login_attempt, refresh_token, session, user};
+use authd::store::entity::{
+    known_login_client, legacy_refresh_token, login_attempt, refresh_token, session, user,
+};
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{Backend, TestApp, TestDatabase, eventually, process::run_authd};
 use sea_orm::{ActiveValue::Set, Database, DatabaseConnection, EntityTrait as _};
@@ -16,8 +18,32 @@ on_both_backends!(
     the_schedule_runs_the_cleanup,
 );
 
-/// What the clean-up must leave: sessions, pre-upgrade tokens, login attempts.
-type Rows = (BTreeSet<Uuid>, BTreeSet<Uuid>, BTreeSet<String>);
+/// What the clean-up must leave: sessions, pre-upgrade tokens, login attempts, known login
+/// addresses.
+type Rows = (
+    BTreeSet<Uuid>,
+    BTreeSet<Uuid>,
+    BTreeSet<String>,
+    BTreeSet<(String, String)>,
+);
+
+/// An address `email` last logged in from `age` ago.
+async fn insert_known_client(
+    db: &DatabaseConnection,
+    email: &str,
+    client: &str,
+    age: TimeDelta,
+) -> (String, String) {
+    known_login_client::Entity::insert(known_login_client::ActiveModel {
+        email: Set(email.to_owned()),
+        client: Set(client.to_owned()),
+        last_success_at: Set(authd::store::now() - age),
+    })
+    .exec_without_returning(db)
+    .await
+    .unwrap();
+    (email.to_owned(), client.to_owned())
+}
 
 /// A session begun `age` ago whose current token expires at `expires_at`.
 async fn insert_session(
@@ -130,10 +156,16 @@ async fn seed(db: &DatabaseConnection) -> Rows {
     let recent = insert_login_attempt(db, "recent@example.com", now, past).await;
     let blocking = insert_login_attempt(db, "blocked@example.com", now - day * 2, future).await;
     insert_login_attempt(db, "forgotten@example.com", now - day * 2, past).await;
+
+    // Trusted for 30 days after the last success.
+    let fresh = insert_known_client(db, "alice@example.com", "192.0.2.1", day).await;
+    let aging = insert_known_client(db, "alice@example.com", "192.0.2.2", day * 29).await;
+    insert_known_client(db, "alice@example.com", "192.0.2.3", day * 31).await;
     (
         BTreeSet::from([live, revoked]),
         BTreeSet::from([kept_legacy]),
         BTreeSet::from([recent, blocking]),
+        BTreeSet::from([fresh, aging]),
     )
 }
 
@@ -141,10 +173,12 @@ async fn remaining(db: &DatabaseConnection) -> Rows {
     let sessions = session::Entity::find().all(db).await.unwrap();
     let legacy = legacy_refresh_token::Entity::find().all(db).await.unwrap();
     let attempts = login_attempt::Entity::find().all(db).await.unwrap();
+    let known = known_login_client::Entity::find().all(db).await.unwrap();
     (
         sessions.into_iter().map(|s| s.id).collect(),
         legacy.into_iter().map(|t| t.id).collect(),
         attempts.into_iter().map(|a| a.email).collect(),
+        known.into_iter().map(|k| (k.email, k.client)).collect(),
     )
 }
 
@@ -180,8 +214,8 @@ async fn cleanup_deletes_exactly_the_expired_rows(backend: Backend) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains(
-            "deleted 4 ended sessions, 1 expired pre-upgrade refresh tokens and 1 forgotten \
-             login attempts"
+            "deleted 4 ended sessions, 1 expired pre-upgrade refresh tokens, 1 forgotten login \
+             attempts and 1 known login addresses unseen for 30 days"
         ),
         "{stdout}"
     );
@@ -192,7 +226,7 @@ async fn cleanup_deletes_exactly_the_expired_rows(backend: Backend) {
     let again = run_authd(&db, &["cleanup"], "").await;
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(
-        stdout.contains("deleted 0 ended sessions, 0 expired pre-upgrade refresh tokens and 0"),
+        stdout.contains("deleted 0 ended sessions, 0 expired pre-upgrade refresh tokens, 0"),
         "{stdout}"
     );
 }

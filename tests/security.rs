@@ -30,6 +30,7 @@ on_both_backends!(
     a_stated_client_address_is_throttled_and_the_gateway_is_not,
     the_peer_is_throttled_when_asked,
     behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing,
+    a_guessing_flood_does_not_lock_the_owner_out_of_a_known_address,
 );
 
 async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend) {
@@ -707,4 +708,59 @@ async fn an_accounts_own_concurrent_logins_all_succeed(backend: Backend) {
                 .unwrap_or_else(|status| panic!("login {n} (split {split}): {status:?}"));
         }
     }
+}
+
+/// The owner logged in from 198.51.100.2 before. A flood of wrong passwords from other
+/// addresses blocks the account; the owner from that address still logs in, and the flood's
+/// block stays (its delays keep growing). A known address that guesses wrong loses its pass.
+async fn a_guessing_flood_does_not_lock_the_owner_out_of_a_known_address(backend: Backend) {
+    const OWNER: &str = "198.51.100.2";
+    let app = TestApp::spawn_with(backend, &ACCOUNT_THROTTLE).await;
+    app.add_user("alice@example.com", PASSWORD).await;
+    login_via(&app, "alice@example.com", PASSWORD, Some(OWNER), None)
+        .await
+        .expect("the owner's usual login");
+
+    let mut blocked = None;
+    for n in 0..20 {
+        let attacker = format!("203.0.113.{n}");
+        match login_via(&app, "alice@example.com", "guess", Some(&attacker), None).await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                blocked = Some(retry_delay(&status));
+                break;
+            }
+            other => assert_status(
+                &other.unwrap_err(),
+                Code::Unauthenticated,
+                "INVALID_CREDENTIALS",
+            ),
+        }
+    }
+    let first_delay = blocked.expect("the flood blocks the account");
+
+    login_via(&app, "alice@example.com", PASSWORD, Some(OWNER), None)
+        .await
+        .expect("the owner from a known address during the flood");
+    let status = login_via(
+        &app,
+        "alice@example.com",
+        PASSWORD,
+        Some("192.0.2.99"),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        retry_delay(&status) > first_delay / 2,
+        "an unknown address still meets the block, not reset by the owner's login"
+    );
+
+    let status = login_via(&app, "alice@example.com", "guess", Some(OWNER), None)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    let status = login_via(&app, "alice@example.com", PASSWORD, Some(OWNER), None)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::ResourceExhausted, "LOGIN_THROTTLED");
 }

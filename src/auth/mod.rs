@@ -34,7 +34,9 @@ pub use refresh_token::{
     LegacySecret, Opened, RefreshKey, RefreshToken, SessionSecret, SuccessorKey,
 };
 pub use revocation::RevokedSessions;
-pub use throttle::{AccountTurns, AddressThrottle, Backoff, FAILURE_MEMORY, throttle_key};
+pub use throttle::{
+    AccountTurns, AddressThrottle, Backoff, FAILURE_MEMORY, KNOWN_CLIENT_MEMORY, throttle_key,
+};
 pub use verified::VerifiedTokens;
 
 use crate::{
@@ -89,6 +91,15 @@ impl UserAdmin {
         }
         Ok(disabled.is_some())
     }
+}
+
+/// How a login got past the throttles.
+#[derive(Debug)]
+enum Admission {
+    /// Its attempt is counted against the account, as its `failures`-th failure.
+    Reserved { failures: u32 },
+    /// The account is blocked, but this address (its throttle key) logged in as it before.
+    KnownClient { key: String },
 }
 
 /// Who is logging in, as far as the caller can tell.
@@ -203,35 +214,8 @@ impl Authenticator {
         let client = login_client.address;
         let user_agent = login_client.user_agent.as_deref();
         let _turn = self.turns.take(email.as_str()).await?;
-        // Throttled before any hashing, and the same way whether or not the email exists.
-        let started = store::now();
-        if let Some(ip) = client
-            && let Err(until) = self.addresses.reserve(ip, started)
-        {
-            return Err(self.throttled(&email, client, until, started));
-        }
+        let admission = self.admit(&email, client).await?;
         let backoff = self.account_backoff;
-        let block_end = |failures, at| backoff.block_end(failures, at);
-        let reserved = self
-            .store
-            .reserve_login_attempt(
-                email.as_str(),
-                started,
-                started - throttle::FAILURE_MEMORY,
-                block_end,
-            )
-            .await;
-        let failures = match reserved {
-            Ok(LoginReservation::Granted { failures }) => failures,
-            Ok(LoginReservation::Blocked { until }) => {
-                self.release_address(client);
-                return Err(self.throttled(&email, client, until, started));
-            }
-            Err(e) => {
-                self.release_address(client);
-                return Err(e.into());
-            }
-        };
 
         let checked = async {
             let user = self.store.user_by_email(email.as_str()).await?;
@@ -245,10 +229,13 @@ impl Authenticator {
             Err(e) => {
                 // Never checked: the attempt must not count against the account.
                 self.release_address(client);
-                if let Err(release) = self
-                    .store
-                    .release_login_attempt(email.as_str(), store::now(), block_end)
-                    .await
+                if let Admission::Reserved { .. } = admission
+                    && let Err(release) = self
+                        .store
+                        .release_login_attempt(email.as_str(), store::now(), |failures, at| {
+                            backoff.block_end(failures, at)
+                        })
+                        .await
                 {
                     tracing::warn!(error = %crate::error_chain(&release), "a login reservation was not given back");
                 }
@@ -260,13 +247,31 @@ impl Authenticator {
                 user
             }
             _ => {
+                let failures = match admission {
+                    Admission::Reserved { failures } => Some(failures),
+                    Admission::KnownClient { ref key } => {
+                        // Trusted once, wrong now: it meets the account's block from here on.
+                        self.store.forget_login_client(email.as_str(), key).await?;
+                        None
+                    }
+                };
                 audit!(event = "login_failed", email = email.as_str(), failures, client = ?client, user_agent = ?user_agent);
                 crate::metrics::login_failed();
                 return Err(AuthError::InvalidCredentials);
             }
         };
         self.release_address(client);
-        self.store.clear_login_failures(email.as_str()).await?;
+        match admission {
+            Admission::Reserved { .. } => self.store.clear_login_failures(email.as_str()).await?,
+            // The block stays for everyone else: the flood's delays keep growing.
+            Admission::KnownClient { .. } => {}
+        }
+        if let Some(ip) = client {
+            let key = throttle_key(ip).to_string();
+            self.store
+                .remember_login_client(email.as_str(), &key, store::now())
+                .await?;
+        }
         if let Verification::MatchRehashed(new_hash) = verification {
             // Conditional on the old hash, so a concurrent password change is never undone.
             let replaced = self
@@ -310,6 +315,56 @@ impl Authenticator {
             refresh_expires_at: expires_at,
         };
         self.issue(issued)
+    }
+
+    /// Lets a login through the throttles, before its password is checked: reserves its
+    /// attempt per address and per account. While the account is blocked, a login from an
+    /// address that logged in as it before (within [`KNOWN_CLIENT_MEMORY`]) still goes
+    /// through, uncounted: a flood of guesses must not lock the owner out.
+    async fn admit(&self, email: &Email, client: Option<IpAddr>) -> Result<Admission, AuthError> {
+        // Throttled before any hashing, and the same way whether or not the email exists.
+        let started = store::now();
+        if let Some(ip) = client
+            && let Err(until) = self.addresses.reserve(ip, started)
+        {
+            return Err(self.throttled(email, client, until, started));
+        }
+        let backoff = self.account_backoff;
+        let admitted = async {
+            let reserved = self
+                .store
+                .reserve_login_attempt(
+                    email.as_str(),
+                    started,
+                    started - FAILURE_MEMORY,
+                    |failures, at| backoff.block_end(failures, at),
+                )
+                .await?;
+            let until = match reserved {
+                LoginReservation::Granted { failures } => {
+                    return Ok(Admission::Reserved { failures });
+                }
+                LoginReservation::Blocked { until } => until,
+            };
+            if let Some(ip) = client {
+                let key = throttle_key(ip).to_string();
+                let since = started - KNOWN_CLIENT_MEMORY;
+                if self
+                    .store
+                    .is_known_login_client(email.as_str(), &key, since)
+                    .await?
+                {
+                    audit!(event = "login_known_client_past_block", email = email.as_str(), client = ?client);
+                    return Ok(Admission::KnownClient { key });
+                }
+            }
+            Err(self.throttled(email, client, until, started))
+        }
+        .await;
+        if admitted.is_err() {
+            self.release_address(client);
+        }
+        admitted
     }
 
     /// The refusal of a throttled login, audited and counted.

@@ -24,6 +24,10 @@ use super::AuthError;
 /// Failures are forgotten after this long without a new one.
 pub const FAILURE_MEMORY: TimeDelta = TimeDelta::hours(24);
 
+/// An address an account logged in from stays trusted for it this long after its last
+/// success: a login from it passes the account's block (see [`crate::auth::Authenticator::login`]).
+pub const KNOWN_CLIENT_MEMORY: TimeDelta = TimeDelta::days(30);
+
 /// At most this many addresses are tracked; past it, the quietest are forgotten first.
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
 

@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    entity::{legacy_refresh_token, login_attempt, refresh_token, session, user},
+    entity::{
+        known_login_client, legacy_refresh_token, login_attempt, refresh_token, session, user,
+    },
     rotation::{Credential, RefreshClock, Returning, Rotated, Rotation},
 };
 
@@ -373,6 +375,33 @@ impl Store {
             .add(login_attempt::Column::BlockedUntil.lte(now));
         let email = login_attempt::Column::Email;
         Ok(delete_batch::<login_attempt::Entity>(&self.db, email, stale, limit).await?)
+    }
+
+    /// Deletes up to `limit` known login clients not seen since `before`.
+    pub async fn delete_stale_known_login_clients(
+        &self,
+        before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await?;
+        let stale = known_login_client::Column::LastSuccessAt.lt(before);
+        // A two-column key, which `delete_batch` cannot name: the batch is read, then each
+        // row deleted, in one transaction.
+        let txn = self.db.begin().await?;
+        let rows: Vec<known_login_client::Model> = known_login_client::Entity::find()
+            .filter(stale.clone())
+            .limit(limit)
+            .all(&txn)
+            .await?;
+        let mut deleted = 0;
+        for row in rows {
+            deleted += known_login_client::Entity::delete_by_id((row.email, row.client))
+                .exec(&txn)
+                .await?
+                .rows_affected;
+        }
+        txn.commit().await?;
+        Ok(deleted)
     }
 }
 

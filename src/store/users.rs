@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    entity::{login_attempt, session, user},
+    entity::{known_login_client, login_attempt, session, user},
     missing, now,
     sessions::{RevokedReason, revoke_sessions_where},
 };
@@ -164,6 +164,60 @@ impl Store {
             .exec(&txn)
             .await?;
         txn.commit().await?;
+        Ok(())
+    }
+
+    /// Records that a login of `email` succeeded from `client` at `now`.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn remember_login_client(
+        &self,
+        email: &str,
+        client: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        use sea_orm::sea_query::OnConflict;
+        let _turn = self.write_turn().await?;
+        known_login_client::Entity::insert(known_login_client::ActiveModel {
+            email: Set(email.to_owned()),
+            client: Set(client.to_owned()),
+            last_success_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                known_login_client::Column::Email,
+                known_login_client::Column::Client,
+            ])
+            .update_column(known_login_client::Column::LastSuccessAt)
+            .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a login of `email` succeeded from `client` since `since`.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn is_known_login_client(
+        &self,
+        email: &str,
+        client: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(
+            known_login_client::Entity::find_by_id((email.to_owned(), client.to_owned()))
+                .one(&self.db)
+                .await?
+                .is_some_and(|known| known.last_success_at >= since),
+        )
+    }
+
+    /// Forgets that `client` ever logged in as `email` (after it failed to, while trusted).
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn forget_login_client(&self, email: &str, client: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await?;
+        known_login_client::Entity::delete_by_id((email.to_owned(), client.to_owned()))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 

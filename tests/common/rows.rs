@@ -14,12 +14,13 @@ use uuid::Uuid;
 use super::TestDatabase;
 
 /// Every table authd writes.
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "users",
     "sessions",
     "refresh_tokens",
     "legacy_refresh_tokens",
     "login_attempts",
+    "known_login_clients",
 ];
 
 /// How many rows each of [`TABLES`] holds.
