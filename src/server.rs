@@ -55,12 +55,20 @@ impl Application {
         let store = connect_and_migrate(&config).await?;
         let keys = load_token_keys(&config)?;
         let jwks = keys.jwks().clone();
-        let hasher = PasswordHasher::new(
+        let mut hasher = PasswordHasher::new(
             config.argon2,
             config.password_hash_concurrency,
             config.password_hash_queue,
         )
         .context("while preparing the password hasher")?;
+        let in_use = store
+            .password_hash_prefixes()
+            .await
+            .context("while reading which argon2 parameters the stored hashes use")?;
+        hasher
+            .cover(&in_use)
+            .await
+            .context("while preparing the password hasher")?;
         let revoked = Arc::new(RevokedSessions::new(
             config.access_token_max_lifetime,
             config.jwt_leeway,

@@ -31,6 +31,7 @@ on_both_backends!(
     the_peer_is_throttled_when_asked,
     behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing,
     a_guessing_flood_does_not_lock_the_owner_out_of_a_known_address,
+    the_parameter_sets_of_stored_hashes_are_read_from_the_database,
 );
 
 async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend) {
@@ -763,4 +764,28 @@ async fn a_guessing_flood_does_not_lock_the_owner_out_of_a_known_address(backend
         .await
         .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "LOGIN_THROTTLED");
+}
+
+/// What the hasher's dummy is sized by at start: every distinct parameter set of the stored
+/// hashes, each once.
+async fn the_parameter_sets_of_stored_hashes_are_read_from_the_database(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for (n, memory) in ["256", "512", "512", "1024"].iter().enumerate() {
+        let params = [("AUTH_ARGON2_MEMORY_KIB", *memory)];
+        let email = format!("user{n}@example.com");
+        common::add_user_with(&app.db, &params, &email, PASSWORD).await;
+    }
+    let store = authd::server::connect_and_migrate(&app.config)
+        .await
+        .unwrap();
+    let mut prefixes = store.password_hash_prefixes().await.unwrap();
+    prefixes.sort();
+    assert_eq!(
+        prefixes,
+        [
+            "$argon2id$v=19$m=1024,t=1,p=1",
+            "$argon2id$v=19$m=256,t=1,p=1",
+            "$argon2id$v=19$m=512,t=1,p=1",
+        ]
+    );
 }

@@ -219,7 +219,11 @@ impl Authenticator {
 
         let checked = async {
             let user = self.store.user_by_email(email.as_str()).await?;
-            let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+            // A disabled user is checked against the dummy, as an unknown email is.
+            let stored_hash = user
+                .as_ref()
+                .filter(|u| u.disabled_at.is_none())
+                .map(|u| u.password_hash.clone());
             let verification = self.hasher.verify(password, stored_hash).await?;
             Ok::<_, AuthError>((user, verification))
         }

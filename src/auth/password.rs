@@ -5,7 +5,13 @@
 //! of MiB. Instead each hashing thread keeps one buffer and reuses it, so memory is bounded by
 //! `concurrency x memory_kib` and no page is faulted in twice.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use argon2::{
     Algorithm, Argon2, Block, Params, PasswordHash, Version,
@@ -42,8 +48,12 @@ type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 pub struct PasswordHasher {
     params: Params,
     jobs: mpsc::Sender<Job>,
-    /// Verified against when the email is unknown, so that case costs the same time.
+    /// Verified against when the email is unknown (or the user disabled): made with the
+    /// costliest parameters in use, see [`PasswordHasher::cover`].
     dummy_hash: Arc<str>,
+    /// How long one verification of the dummy takes, in nanoseconds (a moving average):
+    /// every failed verification is answered no sooner, whatever its hash's parameters.
+    failure_floor: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PasswordHasher {
@@ -84,7 +94,37 @@ impl PasswordHasher {
             params,
             jobs,
             dummy_hash: dummy_hash.into(),
+            failure_floor: Arc::default(),
         })
+    }
+
+    /// Makes the dummy hash as costly as the costliest of `prefixes` (PHC strings up to the
+    /// salt: the parameter sets of the stored hashes) and the configured parameters, and
+    /// times it. Then an unknown email, and a wrong password on an account of any of them,
+    /// take the same time: each failure is answered no sooner than the dummy's verification.
+    pub async fn cover(&mut self, prefixes: &[String]) -> Result<(), AuthError> {
+        let cost = |p: &Params| (u64::from(p.m_cost()) * u64::from(p.t_cost()), p.p_cost());
+        let mut costliest = self.params.clone();
+        for prefix in prefixes {
+            match params_of(prefix) {
+                Some(params) if cost(&params) > cost(&costliest) => costliest = params,
+                Some(_) => {}
+                None => tracing::warn!(prefix, "a stored password hash has unreadable parameters"),
+            }
+        }
+        let dummy = phc_string(&costliest, &random::<SALT_LEN>()?, &random::<OUTPUT_LEN>()?)?;
+        self.dummy_hash = dummy.into();
+        self.failure_floor.store(0, Ordering::Relaxed);
+        // One verification to start the average from.
+        let calibration = Password::parse("calibration".to_owned())?;
+        self.verify(calibration, None).await?;
+        tracing::info!(
+            m_cost = costliest.m_cost(),
+            t_cost = costliest.t_cost(),
+            failure_floor_ms = self.failure_floor.load(Ordering::Relaxed) as f64 / 1e6,
+            "failed logins take as long as the costliest stored hash"
+        );
+        Ok(())
     }
 
     /// The PHC string (algorithm, parameters, salt, hash) of a new password.
@@ -121,28 +161,57 @@ impl PasswordHasher {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let params = self.params.clone();
-        self.run(move |memory| {
-            let forms = password.forms();
-            let (mut matched, mut current) = verify_phc(&phc, forms.normalised(), &params, memory)?;
-            if !matched && let Some(as_typed) = forms.as_typed() {
-                // Found under the old form: the stored hash must move to the normalised one.
-                (matched, _) = verify_phc(&phc, as_typed, &params, memory)?;
-                current = false;
+        let (verification, took, checks) = self
+            .run(move |memory| {
+                let started = Instant::now();
+                let forms = password.forms();
+                let (mut matched, mut current) =
+                    verify_phc(&phc, forms.normalised(), &params, memory)?;
+                let mut checks = 1;
+                if !matched && let Some(as_typed) = forms.as_typed() {
+                    // Found under the old form: the stored hash must move to the normalised one.
+                    (matched, _) = verify_phc(&phc, as_typed, &params, memory)?;
+                    current = false;
+                    checks = 2;
+                }
+                let took = started.elapsed();
+                if !(known && matched) {
+                    return Ok((Verification::Mismatch, took, checks));
+                }
+                if current {
+                    return Ok((Verification::Match, took, checks));
+                }
+                let salt = random::<SALT_LEN>()?;
+                let mut output = [0u8; OUTPUT_LEN];
+                argon2id(&params, forms.normalised(), &salt, &mut output, memory)?;
+                let rehashed = phc_string(&params, &salt, &output)?;
+                Ok::<_, AuthError>((Verification::MatchRehashed(rehashed), took, checks))
+            })
+            .await??;
+        if !known {
+            self.learn_failure_floor(took / checks);
+        }
+        if verification == Verification::Mismatch {
+            let floor = Duration::from_nanos(self.failure_floor.load(Ordering::Relaxed));
+            if let Some(wait) = (floor * checks).checked_sub(took) {
+                tokio::time::sleep(wait).await;
             }
-            if !(known && matched) {
-                return Ok(Verification::Mismatch);
-            }
-            if current {
-                return Ok(Verification::Match);
-            }
-            let salt = random::<SALT_LEN>()?;
-            let mut output = [0u8; OUTPUT_LEN];
-            argon2id(&params, forms.normalised(), &salt, &mut output, memory)?;
-            Ok(Verification::MatchRehashed(phc_string(
-                &params, &salt, &output,
-            )?))
-        })
-        .await?
+        }
+        Ok(verification)
+    }
+
+    /// Folds one dummy verification's time into the failure floor (1/8 weight).
+    fn learn_failure_floor(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .failure_floor
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |floor| {
+                Some(if floor == 0 {
+                    sample
+                } else {
+                    floor - floor / 8 + sample / 8
+                })
+            });
     }
 
     /// Runs `work` on a hashing thread. A full queue answers [`AuthError::Overloaded`] at once:
@@ -285,6 +354,18 @@ fn verify_phc(
             );
     // `Output`'s equality is constant-time.
     Ok((Output::new(&output).map_err(internal)? == expected, current))
+}
+
+/// The parameters of a PHC prefix (`$argon2id$v=19$m=19456,t=2,p=1`).
+fn params_of(prefix: &str) -> Option<Params> {
+    // Without its own memory cost the parse below would fall back to the defaults.
+    if !prefix.rsplit('$').next()?.contains("m=") {
+        return None;
+    }
+    let salt = SaltString::encode_b64(&[0; SALT_LEN]).ok()?;
+    let phc = format!("{prefix}${}", salt.as_str());
+    let parsed = PasswordHash::new(&phc).ok()?;
+    Params::try_from(&parsed).ok()
 }
 
 fn phc_string(params: &Params, salt: &[u8], output: &[u8]) -> Result<String, AuthError> {
@@ -443,6 +524,52 @@ mod tests {
             Verification::Mismatch,
             "only the form once typed matches an old hash"
         );
+    }
+
+    #[test]
+    fn a_phc_prefix_gives_its_parameters() {
+        let params = params_of("$argon2id$v=19$m=19456,t=2,p=1").unwrap();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (19456, 2, 1)
+        );
+        assert!(params_of("$argon2id$v=19$garbage").is_none());
+    }
+
+    /// The dummy takes the costliest parameters in use, and a wrong password on a cheaper
+    /// hash is answered no sooner than a verification of the dummy.
+    #[tokio::test]
+    async fn failures_take_as_long_as_the_costliest_parameters_in_use() {
+        let mut hasher = cheap();
+        let cheap_hash = hasher.hash(pw("correct horse")).await.unwrap();
+        hasher
+            .cover(&[
+                "$argon2id$v=19$m=2048,t=3,p=1".to_owned(),
+                "$argon2id$v=19$m=32,t=1,p=1".to_owned(),
+                "$unreadable".to_owned(),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            hasher
+                .dummy_hash
+                .starts_with("$argon2id$v=19$m=2048,t=3,p=1$")
+        );
+        let floor = Duration::from_nanos(hasher.failure_floor.load(Ordering::Relaxed));
+        assert!(floor > Duration::ZERO, "timed at once");
+
+        let started = Instant::now();
+        let wrong = hasher
+            .verify(pw("battery staple"), Some(cheap_hash.clone()))
+            .await;
+        assert_eq!(wrong.unwrap(), Verification::Mismatch);
+        assert!(
+            started.elapsed() >= floor,
+            "a cheap failure waits for the floor"
+        );
+        // A success is answered as soon as it is known.
+        let right = hasher.verify(pw("correct horse"), Some(cheap_hash)).await;
+        assert_eq!(right.unwrap(), Verification::Match);
     }
 
     #[tokio::test]

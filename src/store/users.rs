@@ -37,6 +37,34 @@ impl Store {
             .await?)
     }
 
+    /// The distinct PHC prefixes (algorithm, version and parameters, up to the salt) of the
+    /// stored password hashes: the parameter sets in use. One scan of `users`.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn password_hash_prefixes(&self) -> Result<Vec<String>, StoreError> {
+        use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
+        let backend = self.db.get_database_backend();
+        // `$argon2id$v=19$m=19456,t=2,p=1$salt$hash`: the prefix ends before the fourth `$`
+        // after the first. i2, i3, i4 are the positions of the next `$` in each remainder.
+        let position = match backend {
+            DbBackend::Postgres => "strpos",
+            _ => "instr",
+        };
+        let sql = format!(
+            "WITH a AS (SELECT password_hash AS h, {position}(substr(password_hash, 2), '$') AS i2 FROM users), \
+             b AS (SELECT h, i2, {position}(substr(h, i2 + 2), '$') AS i3 FROM a), \
+             c AS (SELECT h, i2, i3, {position}(substr(h, i2 + i3 + 2), '$') AS i4 FROM b) \
+             SELECT DISTINCT substr(h, 1, i2 + i3 + i4) AS prefix FROM c \
+             WHERE i2 > 0 AND i3 > 0 AND i4 > 0"
+        );
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(backend, sql))
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String>("", "prefix").map_err(Into::into))
+            .collect()
+    }
+
     /// Adds a user; [`StoreError::EmailTaken`] if the email exists.
     #[tracing::instrument(skip(self, password_hash), level = "debug")]
     pub async fn insert_user(
