@@ -7,14 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-40}
-cargo build --release --quiet --bin authd --example login_timing
+[[ -n ${AUTHD:-} ]] || cargo build --release --quiet --bin authd --example login_timing
 authd=${AUTHD:-target/release/authd}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 export AUTH_LISTEN=127.0.0.1:50072 AUTH_HTTP_LISTEN=127.0.0.1:8092 RUST_LOG=warn
 export AUTH_DATABASE_URL="sqlite://$work/authd.db?mode=rwc"
 export AUTH_SIGNING_KEY_FILE=$work/signing_key.pem AUTH_REFRESH_KEY_FILE=$work/refresh_key.pem
-export AUTH_LOGIN_FREE_ATTEMPTS=100000 AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS=100000
+export AUTH_LOGIN_FREE_ATTEMPTS=1000 AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS=100000
 $authd keys generate --out "$AUTH_SIGNING_KEY_FILE" >/dev/null
 $authd keys generate --out "$AUTH_REFRESH_KEY_FILE" >/dev/null
 add() { # email memory_kib iterations
