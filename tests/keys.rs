@@ -135,3 +135,48 @@ async fn keys_generate_writes_a_private_key_and_never_overwrites() {
         "the key was not overwritten"
     );
 }
+
+/// The key `authd keys generate` writes is one OpenSSL reads (PKCS#8 v1, not the v2 that
+/// OpenSSL 3.0 refuses), and OpenSSL derives from it the public key authd uses.
+#[tokio::test]
+async fn openssl_reads_the_keys_authd_writes() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signing.pem");
+    let generated = run_authd(
+        &db,
+        &["keys", "generate", "--out", path.to_str().unwrap()],
+        "",
+    )
+    .await;
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+
+    let openssl = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs")
+    };
+    let key = path.to_str().unwrap();
+    let check = openssl(&["pkey", "-in", key, "-noout"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let public = openssl(&["pkey", "-in", key, "-pubout", "-outform", "DER"]);
+    assert!(
+        public.status.success(),
+        "{}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    let ours = authd::auth::load_signing_key(Some(&path), None)
+        .unwrap()
+        .verifying_key();
+    // The SubjectPublicKeyInfo of an Ed25519 key ends with the 32 key bytes.
+    assert_eq!(&public.stdout[public.stdout.len() - 32..], ours.as_bytes());
+}

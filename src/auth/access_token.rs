@@ -353,7 +353,7 @@ fn format_error(path: &Path, problem: &dyn std::fmt::Display) -> KeyError {
     }
 }
 
-/// Writes a fresh Ed25519 key (PKCS#8 PEM, mode 0600) to `path` unless a file is there;
+/// Writes a fresh Ed25519 key (PKCS#8 v1 PEM, mode 0600) to `path` unless a file is there;
 /// returns whether it wrote one. The key is written beside `path` and linked into place, so a
 /// crash never leaves a half-written key and two processes starting at once agree on one key.
 pub fn generate_key_file(path: &Path) -> Result<bool, KeyError> {
@@ -363,7 +363,12 @@ pub fn generate_key_file(path: &Path) -> Result<bool, KeyError> {
     };
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).map_err(|e| io(std::io::Error::other(e)))?;
-    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+    // PKCS#8 v1 (RFC 5208): the private key alone. v2 adds the public key, which OpenSSL 3.0
+    // and Python's cryptography refuse; both versions load here.
+    let key = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: secret,
+        public_key: None,
+    };
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| io(std::io::Error::other(e)))?;
@@ -448,6 +453,27 @@ mod tests {
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()
+    }
+
+    #[test]
+    fn a_generated_key_is_pkcs8_v1_and_a_v2_key_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem");
+        assert!(generate_key_file(&path).unwrap());
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let der = ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.as_bytes())
+            .unwrap()
+            .1;
+        // PrivateKeyInfo: SEQUENCE { INTEGER version, ... }; v1 is 0, v2 (OneAsymmetricKey) 1.
+        assert_eq!(&der[2..5], &[0x02, 0x01, 0x00], "version v1");
+
+        let v2_path = dir.path().join("v2.pem");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let v2 = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        std::fs::write(&v2_path, v2.as_bytes()).unwrap();
+        std::fs::set_permissions(&v2_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let loaded = load_signing_key(Some(&v2_path), None).unwrap();
+        assert_eq!(loaded.to_bytes(), key.to_bytes());
     }
 
     #[test]
