@@ -554,7 +554,11 @@ async fn idle_connections_are_closed_and_their_clients_reconnect(backend: Backen
     const IDLE: Duration = Duration::from_secs(1);
     let app = TestApp::spawn_with(backend, &[("AUTH_IDLE_TIMEOUT", "1s")]).await;
     app.add_user("alice@example.com", PASSWORD).await;
-    let session = app.login("alice@example.com", PASSWORD).await.unwrap();
+    // Through another client: the app's own has been idle since it connected, so its
+    // connection is closed well before the call at the end (a call sent at the very instant
+    // of an idle close would fail, as the README says).
+    let other = common::connect(app.addr).await;
+    let session = login(&other, "alice@example.com", PASSWORD).await.unwrap();
 
     let opened = std::time::Instant::now();
     let (mut http2, _writer) = open_http2(app.addr).await;
@@ -576,7 +580,7 @@ async fn idle_connections_are_closed_and_their_clients_reconnect(backend: Backen
         "a kept-alive HTTP/1 connection closed after {http1_open_for:?}"
     );
 
-    // The client's own connection went idle as long as those did.
+    // The app's client's connection was closed for idleness before these were.
     validate(&app.client, &session.access_token)
         .await
         .expect("a call after the idle close reconnects");
@@ -620,7 +624,8 @@ async fn call_without_a_body(channel: Channel, method: &str) -> Status {
 
 /// With room for 2 calls in flight, held by two calls whose bodies never come: a third is
 /// refused at once with RESOURCE_EXHAUSTED (OVERLOADED), health still answers SERVING, and
-/// once the call timeout frees the slots, calls succeed again.
+/// once the call timeout frees the slots, calls succeed again. The probes run one at a time,
+/// so a refused probe means both slots are held by the body-less calls.
 async fn calls_beyond_the_cap_are_refused_at_once_while_probes_answer(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
@@ -634,9 +639,17 @@ async fn calls_beyond_the_cap_are_refused_at_once_while_probes_answer(backend: B
     let held: Vec<_> = (0..2)
         .map(|_| {
             let addr = app.addr;
-            tokio::spawn(
-                async move { call_without_a_body(common::channel(addr).await, "Login").await },
-            )
+            tokio::spawn(async move {
+                let channel = common::channel(addr).await;
+                // A probe below may hold a slot just as this call arrives: try again, so
+                // that both slots end up held by these calls.
+                loop {
+                    let status = call_without_a_body(channel.clone(), "Login").await;
+                    if status.code() != Code::ResourceExhausted {
+                        return status;
+                    }
+                }
+            })
         })
         .collect();
 
