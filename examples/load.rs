@@ -55,9 +55,14 @@ struct Args {
     /// Calls in flight at once (one worker each).
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
-    /// The user every worker logs in as.
+    /// The user every worker logs in as; with `--accounts N` above 1, worker `w` logs in as
+    /// `local+(w mod N)@domain` instead (authd serialises the logins of one account, so a
+    /// login benchmark needs many).
     #[arg(long, default_value = "load@example.com")]
     email: String,
+    /// How many accounts the workers spread over (see `--email`).
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
     #[arg(long, default_value = "correct horse battery staple")]
     password: String,
     /// Validate rotates through the access tokens in this file (see `--mode sessions`);
@@ -186,11 +191,7 @@ async fn open_sessions(args: &Args, channels: &[Channel]) {
     for worker in 0..args.in_flight {
         let mut auth = AuthServiceClient::new(channels[worker % channels.len()].clone());
         let (next, total) = (Arc::clone(&next), args.sessions);
-        let login = LoginRequest {
-            email: args.email.clone(),
-            password: args.password.clone(),
-            client: None,
-        };
+        let login = login_request(&args, worker);
         workers.push(tokio::spawn(async move {
             let mut tokens = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
@@ -215,6 +216,19 @@ async fn open_sessions(args: &Args, channels: &[Channel]) {
     );
 }
 
+/// The Login of `worker`: its account of `--accounts`.
+fn login_request(args: &Args, worker: usize) -> LoginRequest {
+    let email = match (args.accounts, args.email.split_once('@')) {
+        (0 | 1, _) | (_, None) => args.email.clone(),
+        (accounts, Some((local, domain))) => format!("{local}+{}@{domain}", worker % accounts),
+    };
+    LoginRequest {
+        email,
+        password: args.password.clone(),
+        client: None,
+    }
+}
+
 async fn run_worker(
     worker: usize,
     channel: Channel,
@@ -225,11 +239,7 @@ async fn run_worker(
 ) {
     let mut auth = AuthServiceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
-    let login = LoginRequest {
-        email: args.email.clone(),
-        password: args.password.clone(),
-        client: None,
-    };
+    let login = login_request(&args, worker);
     let needs_session = match args.mode {
         Mode::Health | Mode::Login | Mode::Sessions => false,
         Mode::Validate => tokens.is_empty(),

@@ -23,7 +23,7 @@ connections=${BENCH_CONNECTIONS:-4}
 cargo build --release --quiet --bin authd --example load
 authd=target/release/authd
 load_bin=target/release/examples/load
-load() { "$load_bin" --target "http://$AUTH_LISTEN" "$@"; }
+load() { "$load_bin" --target "http://$AUTH_LISTEN" --accounts "$accounts" "$@"; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -49,6 +49,13 @@ add_user() { # email [env...]
   local email=$1; shift
   echo "correct horse battery staple" | env "$@" $authd user add "$email" --password-stdin >/dev/null
 }
+# authd serialises the logins of one account: the workers log in as $accounts accounts,
+# local+N@domain (the load generator's --accounts), so that logins run side by side.
+accounts=64
+add_users() { # email [env...]
+  local email=$1; shift
+  for n in $(seq 0 $((accounts - 1))); do add_user "${email%@*}+$n@${email#*@}" "$@"; done
+}
 start() { # [env...]
   env "$@" $authd serve 2>>"$work/authd.log" &
   server=$!
@@ -66,7 +73,7 @@ echo "# authd end-to-end benchmarks: $backend, $(nproc) cores, $(date -u +%F), c
 for phase in $phases; do
   case $phase in
   transport)
-    add_user fast@example.com "${cheap_argon2[@]}"
+    add_users fast@example.com "${cheap_argon2[@]}"
     start "${cheap_argon2[@]}"
     echo "idle RSS after start: $(rss_kib "$server") KiB"
     load --mode sessions --sessions 10000 --email fast@example.com --tokens-file "$work/tokens" \
@@ -79,7 +86,7 @@ for phase in $phases; do
     stop ;;
   login)
     [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
-    add_user login@example.com
+    add_users login@example.com
     start
     sleep 1; echo "idle RSS: $(rss_kib "$server") KiB"
     for i in $(seq "$runs"); do
@@ -111,7 +118,7 @@ for phase in $phases; do
     done
     stop ;;
   cleanup)
-    add_user fast@example.com "${cheap_argon2[@]}" 2>/dev/null || true
+    add_users fast@example.com "${cheap_argon2[@]}" 2>/dev/null || true
     start "${cheap_argon2[@]}"
     # A live session for the seed below to copy.
     load --mode refresh --email fast@example.com --duration 1s --in-flight 1 >/dev/null

@@ -30,7 +30,10 @@ openssl genpkey -algorithm ed25519 -out "$work/key.pem" 2>/dev/null
 chmod 600 "$work/key.pem"
 export AUTH_DATABASE_URL="$pg/$db" AUTH_SIGNING_KEY_FILE="$work/key.pem" \
   AUTH_LISTEN="127.0.0.1:$port" AUTH_DB_MAX_CONNECTIONS=16 RUST_LOG=warn
-echo 'correct horse battery staple' | target/release/authd user add load@example.com --password-stdin >/dev/null
+# authd serialises one account's logins: the workers log in as 64 accounts (load --accounts).
+for n in $(seq 0 63); do
+  echo 'correct horse battery staple' | target/release/authd user add "load+$n@example.com" --password-stdin >/dev/null
+done
 ${SOAK_SERVER_PREFIX:-}target/release/authd serve 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
@@ -46,7 +49,7 @@ echo "idle RSS: $(rss_kib) KiB"
 ) >"$work/rss.txt" &
 sampler=$!
 
-target/release/examples/load --target "http://127.0.0.1:$port" --mode "${SOAK_MODE:-mixed}" \
+target/release/examples/load --target "http://127.0.0.1:$port" --mode "${SOAK_MODE:-mixed}" --accounts 64 \
   --duration "$duration" --in-flight "$in_flight" --connections "$connections" | tee "$work/load.txt"
 kill "$sampler" 2>/dev/null || true
 
