@@ -191,7 +191,7 @@ async fn open_sessions(args: &Args, channels: &[Channel]) {
     for worker in 0..args.in_flight {
         let mut auth = AuthServiceClient::new(channels[worker % channels.len()].clone());
         let (next, total) = (Arc::clone(&next), args.sessions);
-        let login = login_request(&args, worker);
+        let login = login_request(args, worker);
         workers.push(tokio::spawn(async move {
             let mut tokens = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
