@@ -384,24 +384,25 @@ impl Store {
         limit: u64,
     ) -> Result<u64, StoreError> {
         let _turn = self.write_turn().await?;
-        let stale = known_login_client::Column::LastSuccessAt.lt(before);
-        // A two-column key, which `delete_batch` cannot name: the batch is read, then each
-        // row deleted, in one transaction.
-        let txn = self.db.begin().await?;
-        let rows: Vec<known_login_client::Model> = known_login_client::Entity::find()
-            .filter(stale.clone())
+        use sea_orm::sea_query::ExprTrait as _;
+        let (email, client) = (
+            known_login_client::Column::Email,
+            known_login_client::Column::Client,
+        );
+        // Its key has two columns: `(email, client) IN (SELECT email, client ... LIMIT n)`,
+        // a row value both SQLite and PostgreSQL read.
+        let batch = known_login_client::Entity::find()
+            .select_only()
+            .columns([email, client])
+            .filter(known_login_client::Column::LastSuccessAt.lt(before))
             .limit(limit)
-            .all(&txn)
-            .await?;
-        let mut deleted = 0;
-        for row in rows {
-            deleted += known_login_client::Entity::delete_by_id((row.email, row.client))
-                .exec(&txn)
-                .await?
-                .rows_affected;
-        }
-        txn.commit().await?;
-        Ok(deleted)
+            .into_query();
+        let key = Expr::tuple([Expr::col(email), Expr::col(client)]);
+        Ok(known_login_client::Entity::delete_many()
+            .filter(key.in_subquery(batch))
+            .exec(&self.db)
+            .await?
+            .rows_affected)
     }
 }
 
