@@ -8,21 +8,29 @@
 # sessions are deleted), pgbench (postgres only: authd's Refresh statement, refresh.sql, and
 # the single-row conditional UPDATE floor, update.sql, at the same concurrency), busycore
 # (validate p99 alone and beside a CPU loop at SCHED_IDLE outside authd, to compare with the
-# login phase's flood; needs the transport phase's tokens).
+# login phase's flood; needs the transport phase's tokens), floor (Validate against a plain tonic
+# server answering a fixed ValidateResponse, examples/validate_floor.rs, with server CPU per call,
+# authd with tracing off and on but sampled out).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
+# BENCH_BIN_DIR names a folder of prebuilt binaries to measure instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:?usage: scripts/bench.sh sqlite|postgres [phase...]}
 shift
-phases=${*:-transport login busycore cleanup pgbench}
+phases=${*:-transport floor login busycore cleanup pgbench}
 runs=${BENCH_RUNS:-3}
 duration=${BENCH_DURATION:-10s}
 in_flight=${BENCH_IN_FLIGHT:-64}
 connections=${BENCH_CONNECTIONS:-4}
 
-cargo build --release --quiet --bin authd --example load
-authd=target/release/authd
-load_bin=target/release/examples/load
+# BENCH_BIN_DIR: binaries built before (authd, load, validate_floor), for A/B runs of two builds.
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+  bin=$BENCH_BIN_DIR authd=$bin/authd load_bin=$bin/load floor_bin=$bin/validate_floor
+else
+  cargo build --release --quiet --bin authd --example load --example validate_floor
+  authd=target/release/authd load_bin=target/release/examples/load
+  floor_bin=target/release/examples/validate_floor
+fi
 load() { "$load_bin" --target "http://$AUTH_LISTEN" --accounts "$accounts" "$@"; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -63,6 +71,20 @@ start() { # [env...]
 }
 stop() { kill "$server"; wait "$server" || true; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# User plus system CPU of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+validate_cpu() { # label, pid, address: Validate over the tokens, with the server's CPU per call
+  local label=$1 pid=$2 address=$3 before after out calls
+  echo "## $label"
+  before=$(cpu_ticks "$pid")
+  out=$("$load_bin" --target "http://$address" --mode validate --tokens-file "$work/tokens" \
+    --duration "$duration" --connections "$connections" --in-flight "$in_flight" | tail -n +2)
+  after=$(cpu_ticks "$pid")
+  echo "$out"
+  calls=$(awk '$1 == "Validate" {print $2}' <<<"$out")
+  echo "server CPU per call: $(awk "BEGIN {printf \"%.2f\", ($after - $before) * 1e6 / $ticks_per_second / $calls}") µs"
+}
 run() { # label, load arguments...
   local label=$1; shift
   echo "## $label"
@@ -84,6 +106,32 @@ for phase in $phases; do
       run "refresh run $i" --mode refresh --email fast@example.com
     done
     stop ;;
+  floor)
+    if [[ ! -f $work/tokens ]]; then
+      add_users fast@example.com "${cheap_argon2[@]}"
+      start "${cheap_argon2[@]}"
+      load --mode sessions --sessions 10000 --email fast@example.com --tokens-file "$work/tokens" \
+        --in-flight "$in_flight" --connections "$connections"
+      stop
+    fi
+    floor_address=127.0.0.1:50072
+    "$floor_bin" "$floor_address" &
+    floor=$!
+    until "$load_bin" --target "http://$floor_address" --mode health --duration 100ms \
+      --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
+    # Tracing on but sampled out: spans are made, none is exported (the endpoint is never dialled).
+    sampled_out=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=always_off)
+    for i in $(seq "$runs"); do
+      start
+      run "health run $i" --mode health
+      validate_cpu "authd validate, tracing off, run $i" "$server" "$AUTH_LISTEN"
+      stop
+      validate_cpu "floor validate run $i" "$floor" "$floor_address"
+      start "${sampled_out[@]}"
+      validate_cpu "authd validate, tracing sampled out, run $i" "$server" "$AUTH_LISTEN"
+      stop
+    done
+    kill "$floor"; wait "$floor" 2>/dev/null || true ;;
   login)
     [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
     add_users login@example.com
