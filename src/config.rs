@@ -5,6 +5,9 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, str::FromStr, ti
 
 use crate::auth::{Backoff, MIN_PASSWORD_CHARS_FLOOR, PasswordPolicy};
 
+mod observability;
+pub use observability::{LogFormat, Observability, TraceExport, TraceSampler};
+
 /// Where `AUTH_DATABASE_URL` points when it is not set: an SQLite file created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/authd.db?mode=rwc";
 
@@ -170,32 +173,6 @@ impl SameSite {
             Self::Strict => "Strict",
             Self::Lax => "Lax",
             Self::None => "None",
-        }
-    }
-}
-
-/// `AUTH_LOG_FORMAT`: how log lines are written to standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines, coloured on a terminal (the default).
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
-impl LogFormat {
-    /// Reads `AUTH_LOG_FORMAT` (after `.env`). Separate from [`Config`] because logging starts
-    /// before the other settings are read, so that their errors are logged in the chosen form.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let _ = dotenvy::dotenv();
-        Self::parse(std::env::var("AUTH_LOG_FORMAT").ok().as_deref())
-    }
-
-    fn parse(value: Option<&str>) -> Result<Self, ConfigError> {
-        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("" | "text") => Ok(Self::Text),
-            Some("json") => Ok(Self::Json),
-            Some(_) => Err(error("AUTH_LOG_FORMAT", "must be text or json")),
         }
     }
 }
@@ -790,15 +767,5 @@ mod tests {
         ] {
             assert_eq!(config(&[(variable, bad)]).unwrap_err().variable, variable);
         }
-    }
-
-    #[test]
-    fn the_log_format_is_text_or_json() {
-        assert_eq!(LogFormat::parse(None).unwrap(), LogFormat::Text);
-        assert_eq!(LogFormat::parse(Some("JSON")).unwrap(), LogFormat::Json);
-        assert_eq!(
-            LogFormat::parse(Some("xml")).unwrap_err().variable,
-            "AUTH_LOG_FORMAT"
-        );
     }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 /// `err` and its sources, joined: the whole story in one log field.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {

@@ -9,11 +9,11 @@ use anyhow::{Context as _, bail};
 use authd::{
     auth::{Email, KeyError, PasswordHasher, UserAdmin, generate_key_file},
     cleanup,
-    config::{Config, LogFormat},
+    config::{Config, Observability},
     server::{self, Application},
+    telemetry,
 };
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// gRPC authentication service. Settings come from AUTH_* environment variables and `.env`.
 #[derive(Debug, Parser)]
@@ -77,39 +77,32 @@ enum UserCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let log_format = match LogFormat::from_env() {
-        Ok(format) => format,
+    let observability = match Observability::from_env() {
+        Ok(settings) => settings,
         Err(e) => {
             eprintln!("authd: invalid configuration: {e}");
             return ExitCode::FAILURE;
         }
     };
-    init_logging(log_format);
+    // Logs go to standard error, filtered by `RUST_LOG` (default `info`); traces to the
+    // OTLP collector when one is configured.
+    let telemetry = match telemetry::init(&observability) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("authd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
-    match run(cli).await {
+    let outcome = run(cli).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the whole context chain on one line, without a backtrace.
             eprintln!("authd: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs go to standard error, filtered by `RUST_LOG` (default `info`).
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        // Span fields are flattened into each line; collectors want one flat object.
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
     }
 }
 

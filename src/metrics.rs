@@ -2,11 +2,14 @@
 //! `metrics` facade and rendered at `GET /metrics` by metrics-exporter-prometheus.
 
 use std::{
-    sync::OnceLock,
-    time::{Duration, Instant},
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, Label, SharedString, counter, describe_counter, describe_gauge,
+    describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 const RPC_REQUESTS: &str = "authd_rpc_requests_total";
@@ -23,6 +26,7 @@ const REVOCATION_SET: &str = "authd_revocation_set_size";
 const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
 const DB_POOL_MAX: &str = "authd_db_pool_max_connections";
 const BUILD_INFO: &str = "authd_build_info";
+const TRACE_SPANS_DROPPED: &str = "authd_trace_spans_dropped_total";
 
 /// Latency buckets from 100 µs (Validate) to 10 s (a Login queued behind argon2).
 const RPC_BUCKETS: &[f64] = &[
@@ -52,12 +56,17 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 fn describe() {
     describe_counter!(
         RPC_REQUESTS,
-        "AuthService calls, by method and gRPC status code."
+        "gRPC calls (AuthService, health, reflection), by service, method and status code."
     );
     describe_histogram!(
         RPC_DURATION,
         metrics::Unit::Seconds,
-        "AuthService call latency, by method and gRPC status code."
+        "gRPC call latency, by service, method and status code."
+    );
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Trace spans dropped instead of exported: queue_full (the exporter fell behind) or \
+         export_failed (the collector refused or did not answer)."
     );
     describe_counter!(
         LOGIN_FAILURES,
@@ -104,12 +113,23 @@ pub async fn upkeep_forever(handle: PrometheusHandle) {
     }
 }
 
-/// One AuthService call.
-pub fn rpc(method: &'static str, code: tonic::Code, started: Instant) {
-    let code = code_label(code);
-    counter!(RPC_REQUESTS, "method" => method, "code" => code).increment(1);
-    histogram!(RPC_DURATION, "method" => method, "code" => code)
-        .record(started.elapsed().as_secs_f64());
+/// The call counter and latency histogram of one gRPC method and status code. Handles are
+/// kept by the caller, so that a call costs two atomic updates and no lookup.
+pub fn rpc_handles(service: Arc<str>, method: Arc<str>, code: tonic::Code) -> (Counter, Histogram) {
+    let labels = [
+        Label::new("service", SharedString::from(service)),
+        Label::new("method", SharedString::from(method)),
+        Label::new("code", code_label(code)),
+    ];
+    (
+        counter!(RPC_REQUESTS, labels.iter()),
+        histogram!(RPC_DURATION, labels.iter()),
+    )
+}
+
+/// `count` spans dropped instead of exported, for `reason` (`queue_full`, `export_failed`).
+pub fn trace_spans_dropped(reason: &'static str, count: usize) {
+    counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(count as u64);
 }
 
 /// A login refused for its credentials.

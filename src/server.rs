@@ -18,6 +18,7 @@ use crate::{
         self, AuthGrpc,
         browser::{self, RefreshCookie},
         limits::InFlightLimit,
+        observe::ObserveLayer,
     },
     listener::{BoundedListener, ConnectionInfo, ConnectionLimits, TrackCallsLayer},
     proto::{self, auth_service_server::AuthServiceServer},
@@ -195,6 +196,8 @@ impl Application {
             self.config.call_timeout,
         );
         let cors = browser::cors(&self.config.cors_origins).context("AUTH_CORS_ORIGINS")?;
+        let observe = ObserveLayer::new(&SERVED_DESCRIPTOR_SETS)
+            .context("while reading the served services' descriptors")?;
         // Browsers speak HTTP/1.1 to a plain-text port (and HTTP/2 over TLS via ALPN).
         let limits = self.config.grpc_connection;
         let mut builder = Server::builder()
@@ -213,7 +216,8 @@ impl Application {
         }
         // Outermost first: every call counts against its connection's idle timeout, CORS
         // answers preflights, browser calls are marked before tonic-web rewrites their content
-        // type, and the size-limit answer is fixed before translation.
+        // type, calls are observed in native gRPC (trailers as trailers) with the size-limit
+        // answer already fixed.
         let serve = builder
             .layer(TrackCallsLayer)
             .layer(cors)
@@ -221,6 +225,7 @@ impl Application {
                 browser::mark_browser_calls,
             ))
             .layer(tonic_web::GrpcWebLayer::new())
+            .layer(observe)
             .layer(tower::util::MapResponseLayer::new(
                 grpc::oversized_is_resource_exhausted,
             ))
@@ -260,17 +265,25 @@ impl Application {
     }
 }
 
+/// The descriptors of every service served, for reflection and per-call metrics.
+const SERVED_DESCRIPTOR_SETS: [&[u8]; 4] = [
+    proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 /// Reflection over every service served, both reflection versions included whichever one is
 /// asked, and the `google.rpc` error details that statuses carry, so that grpcurl decodes
 /// ErrorInfo and RetryInfo instead of printing raw bytes.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .include_reflection_service(false)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    SERVED_DESCRIPTOR_SETS
+        .into_iter()
+        .chain([tonic_types::pb::FILE_DESCRIPTOR_SET])
+        .fold(
+            tonic_reflection::server::Builder::configure().include_reflection_service(false),
+            tonic_reflection::server::Builder::register_encoded_file_descriptor_set,
+        )
 }
 
 /// Streams a peer may reset before the server has accepted them, then GOAWAY (h2's default).

@@ -128,6 +128,7 @@ impl PasswordHasher {
     }
 
     /// The PHC string (algorithm, parameters, salt, hash) of a new password.
+    #[tracing::instrument(target = "authd::hash", name = "argon2id hash", skip_all)]
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
         let params = self.params.clone();
         self.run(move |memory| {
@@ -153,6 +154,7 @@ impl PasswordHasher {
     /// The NFKC form is checked first. A password whose form as typed differs is checked in
     /// that form too when the first check fails (hashes made before passwords were
     /// normalised), unknown email or not, so both cost the same; such a match is rehashed.
+    #[tracing::instrument(target = "authd::hash", name = "argon2id verify", skip_all)]
     pub async fn verify(
         &self,
         password: Password,

@@ -4,9 +4,10 @@ pub mod browser;
 mod client_address;
 pub mod codec;
 pub mod limits;
+pub mod observe;
 mod status;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc};
 
 use tonic::{Code, Request, Response, Status, codegen::http};
 
@@ -112,7 +113,7 @@ impl AuthService for AuthGrpc {
         &self,
         mut request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        observe("Login", async {
+        answer(async {
             let browser = is_browser_call(&request);
             let stated = request.get_mut().client.take();
             let client = self.login_client(&request, stated)?;
@@ -132,7 +133,7 @@ impl AuthService for AuthGrpc {
         mut request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
         let browser = is_browser_call(&request);
-        let refused = observe("Refresh", async {
+        let refused = answer(async {
             let in_body = std::mem::take(&mut request.get_mut().refresh_token);
             let token = RefreshToken::parse(self.presented_refresh_token(&request, in_body))?;
             let tokens = self.auth.refresh(token).await?;
@@ -152,7 +153,7 @@ impl AuthService for AuthGrpc {
         &self,
         mut request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        observe("Logout", async {
+        answer(async {
             let browser = is_browser_call(&request);
             let all_sessions = request.get_ref().all_sessions;
             let in_body = std::mem::take(&mut request.get_mut().refresh_token);
@@ -171,7 +172,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
-        observe("Validate", async {
+        answer(async {
             let claims = self.auth.validate(&request.get_ref().access_token)?;
             Ok(Response::new(ValidateResponse {
                 user_id: claims.sub.to_string(),
@@ -242,21 +243,10 @@ fn timestamp(unix_seconds: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Runs one call, maps its error, logs one line with method, status and latency, and counts
-/// it in the metrics.
-async fn observe<T>(
-    method: &'static str,
+/// Runs one call and maps its error to the status the client sees (`observe` logs, counts
+/// and traces it).
+async fn answer<T>(
     call: impl Future<Output = Result<Response<T>, AuthError>>,
 ) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = call.await.map_err(Status::from);
-    let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-    tracing::info!(
-        method,
-        code = ?code,
-        latency_ms = started.elapsed().as_secs_f64() * 1e3,
-        "rpc"
-    );
-    crate::metrics::rpc(method, code, started);
-    result
+    call.await.map_err(Status::from)
 }

@@ -184,6 +184,18 @@ fn create_private(file: &std::path::Path) -> Result<(), StoreError> {
 }
 
 impl Store {
+    /// The database's name in OpenTelemetry's `db.system.name`, for the statement spans.
+    /// (Their `#[instrument]` names the target `authd::db`, [`crate::telemetry::DB_TARGET`],
+    /// as a literal: the attribute takes no constant.)
+    fn db_system(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => "postgresql",
+            sea_orm::DbBackend::Sqlite => "sqlite",
+            // Configuration accepts no other database (AUTH_DATABASE_URL).
+            _ => "other_sql",
+        }
+    }
+
     /// Connects (creating the SQLite file and its folder if needed); does not migrate.
     pub async fn connect(config: &Config) -> Result<Self, StoreError> {
         if let Some(file) = sqlite_file(&config.database_url) {

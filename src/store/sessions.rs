@@ -126,7 +126,7 @@ impl Store {
     /// The first statement locks the user's row: a disable or password change that committed
     /// first makes it match nothing, and one that comes later waits for this transaction and
     /// then revokes the new session with the others. No login racing them survives them.
-    #[tracing::instrument(skip_all, fields(session_id = %new.session_id), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %new.session_id))]
     pub async fn create_session(&self, new: &NewSession) -> Result<bool, StoreError> {
         let _turn = self.write_turn().await?;
         let txn = self.db.begin().await?;
@@ -171,7 +171,7 @@ impl Store {
     /// `successor_hash`, expiring at `expires_at`: one conditional statement, shared with the
     /// other rotations waiting in line (`batcher`). `None`: it matched nothing and changed
     /// nothing; [`Self::refresh_state`] says why.
-    #[tracing::instrument(skip_all, fields(session_id = %presented.session_id), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %presented.session_id))]
     pub async fn rotate(
         &self,
         presented: &Credential,
@@ -190,7 +190,7 @@ impl Store {
 
     /// Spends the one reuse-grace retry of the session's current token (named by `current`),
     /// if it was issued after `rotated_after`: one conditional statement. `None`: no retry.
-    #[tracing::instrument(skip_all, fields(session_id = %current.session_id), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %current.session_id))]
     pub async fn retry_rotation(
         &self,
         current: &Credential,
@@ -209,7 +209,7 @@ impl Store {
     }
 
     /// A session's refresh row with its session and user, whatever their state.
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %session_id))]
     pub async fn refresh_state(
         &self,
         session_id: Uuid,
@@ -233,7 +233,7 @@ impl Store {
     }
 
     /// The pre-upgrade token whose raw form hashes to `hash`, if one is still kept.
-    #[tracing::instrument(skip_all, level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn legacy_token(&self, hash: &[u8; 32]) -> Result<Option<LegacyToken>, StoreError> {
         Ok(legacy_refresh_token::Entity::find()
             .filter(legacy_refresh_token::Column::TokenHash.eq(hash.to_vec()))
@@ -247,7 +247,7 @@ impl Store {
 
     /// Revokes one session; its owner, or `None` if it was already revoked (or does not
     /// exist).
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %session_id))]
     pub async fn revoke_session(
         &self,
         session_id: Uuid,
@@ -263,7 +263,7 @@ impl Store {
 
     /// Revokes every live session of the user who owns `session_id`; returns the owner and
     /// the sessions this revoked (`None` if there is no such session).
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %session_id))]
     pub async fn revoke_sessions_of_owner(
         &self,
         session_id: Uuid,

@@ -29,7 +29,7 @@ pub enum LoginReservation {
 
 impl Store {
     /// The user with this (normalised) email.
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn user_by_email(&self, email: &str) -> Result<Option<user::Model>, StoreError> {
         Ok(user::Entity::find()
             .filter(user::Column::Email.eq(email))
@@ -66,7 +66,7 @@ impl Store {
     }
 
     /// Adds a user; [`StoreError::EmailTaken`] if the email exists.
-    #[tracing::instrument(skip(self, password_hash), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn insert_user(
         &self,
         email: &str,
@@ -106,7 +106,7 @@ impl Store {
     /// failure at once (failures before `forget_before` forgotten), so that concurrent
     /// guesses on any replica each take a count, and blocking the next attempt until
     /// `block_end(count, now)`. Refused, and not counted, while an earlier block lasts.
-    #[tracing::instrument(skip(self, block_end), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn reserve_login_attempt(
         &self,
         email: &str,
@@ -166,7 +166,7 @@ impl Store {
 
     /// Gives back a reservation whose password was never checked (the hashing queue was full,
     /// the database failed): one count less, and the block of one failure less.
-    #[tracing::instrument(skip(self, block_end), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn release_login_attempt(
         &self,
         email: &str,
@@ -196,7 +196,7 @@ impl Store {
     }
 
     /// Records that a login of `email` succeeded from `client` at `now`.
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn remember_login_client(
         &self,
         email: &str,
@@ -224,7 +224,7 @@ impl Store {
     }
 
     /// Whether a login of `email` succeeded from `client` since `since`.
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn is_known_login_client(
         &self,
         email: &str,
@@ -240,7 +240,7 @@ impl Store {
     }
 
     /// Forgets that `client` ever logged in as `email` (after it failed to, while trusted).
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn forget_login_client(&self, email: &str, client: &str) -> Result<(), StoreError> {
         let _turn = self.write_turn().await?;
         known_login_client::Entity::delete_by_id((email.to_owned(), client.to_owned()))
@@ -250,7 +250,7 @@ impl Store {
     }
 
     /// Forgets the failed logins of `email` (after a success).
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn clear_login_failures(&self, email: &str) -> Result<(), StoreError> {
         let _turn = self.write_turn().await?;
         login_attempt::Entity::delete_by_id(email.to_owned())
@@ -262,7 +262,7 @@ impl Store {
     /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise. The
     /// same password under new parameters: `updated_at` stays, so logins racing this one,
     /// which verified the old hash, still open their sessions ([`Store::create_session`]).
-    #[tracing::instrument(skip(self, old_hash, new_hash), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), user_id = %user_id))]
     pub async fn replace_password_hash(
         &self,
         user_id: Uuid,
@@ -282,7 +282,7 @@ impl Store {
 
     /// Sets a user's password hash and revokes all their sessions, in one transaction; `None` if
     /// no user has that email.
-    #[tracing::instrument(skip(self, password_hash), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn set_password(
         &self,
         email: &str,
@@ -314,7 +314,7 @@ impl Store {
 
     /// Marks a user disabled and revokes all their sessions, in one transaction; `None` if no
     /// user has that email.
-    #[tracing::instrument(skip(self), level = "debug")]
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn disable_user(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
         let _turn = self.write_turn().await?;
         let Some(user) = self.user_by_email(email).await? else {

@@ -20,7 +20,9 @@ use super::{TestDatabase, authd_binary, eventually, settings};
 /// developer's environment or `.env`), run in a temporary folder.
 pub fn authd_command(db: &TestDatabase, extra: &[(&str, &str)]) -> Command {
     let mut command = Command::new(authd_binary());
-    for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("AUTH_")) {
+    for (name, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("AUTH_") || k.starts_with("OTEL_"))
+    {
         command.env_remove(name);
     }
     command
@@ -114,6 +116,13 @@ impl AuthdProcess {
         })
         .await;
         Self { child, addr, log }
+    }
+
+    /// The HTTP address (JWKS, metrics) from the "listening" log line (text logs).
+    pub fn http_addr(&self) -> SocketAddr {
+        let log = self.log.lock().unwrap();
+        let (_, rest) = log.split_once(" http_address=").expect("a listening line");
+        rest.split_whitespace().next().unwrap().parse().unwrap()
     }
 
     /// A client connected to this process.

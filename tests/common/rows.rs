@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use authd::{
     auth::{Opened, RefreshToken},
-    store::entity::refresh_token,
+    store::entity::{refresh_token, user},
 };
-use sea_orm::{ConnectionTrait as _, Database, EntityTrait as _, Statement};
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait as _, Database, EntityTrait as _, QueryFilter as _, Statement,
+};
 use uuid::Uuid;
 
 use super::TestDatabase;
@@ -72,4 +74,17 @@ pub async fn refresh_row(db: &TestDatabase, session_id: &str) -> refresh_token::
         .expect("the session has a refresh row");
     conn.close().await.unwrap();
     row
+}
+
+/// The stored PHC string of the user with `email`.
+pub async fn password_hash(db: &TestDatabase, email: &str) -> String {
+    let conn = Database::connect(db.url()).await.unwrap();
+    let row = user::Entity::find()
+        .filter(user::Column::Email.eq(email))
+        .one(&conn)
+        .await
+        .unwrap()
+        .expect("the user exists");
+    conn.close().await.unwrap();
+    row.password_hash
 }

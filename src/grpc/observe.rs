@@ -1,0 +1,376 @@
+//! What every gRPC call leaves behind, whichever service answers it (AuthService, health,
+//! reflection): one log line, its count and latency in the metrics, and when tracing is on a
+//! server span that continues the caller's W3C `traceparent`.
+//!
+//! The call's status is read where gRPC puts it: the response headers of a refusal
+//! (trailers-only), else the trailers at the end of the body. A body dropped before its
+//! trailers is a call the client cancelled.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use metrics::{Counter, Histogram};
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use prost::Message as _;
+use tonic::{Code, codegen::http};
+use tracing::{Instrument as _, Span, instrument::Instrumented};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::telemetry::RPC_TARGET;
+
+/// Observes every call of the services described by `descriptor_sets`; a path outside them
+/// is labelled `unknown`, so a client cannot mint label values.
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    methods: Arc<Methods>,
+}
+
+impl ObserveLayer {
+    /// `descriptor_sets`: the encoded descriptor sets of every service served.
+    pub fn new(descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let mut by_path = HashMap::new();
+        for encoded in descriptor_sets {
+            let set = prost_types::FileDescriptorSet::decode(*encoded)?;
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    let service_name: Arc<str> = if package.is_empty() {
+                        service.name().into()
+                    } else {
+                        format!("{package}.{}", service.name()).into()
+                    };
+                    for method in &service.method {
+                        let path = format!("/{service_name}/{}", method.name());
+                        by_path.insert(
+                            path,
+                            Arc::new(Method::new(Arc::clone(&service_name), method.name())),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            methods: Arc::new(Methods {
+                by_path,
+                unknown: Arc::new(Method::new("unknown".into(), "unknown")),
+                propagator: TraceContextPropagator::new(),
+            }),
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            methods: Arc::clone(&self.methods),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Methods {
+    by_path: HashMap<String, Arc<Method>>,
+    unknown: Arc<Method>,
+    propagator: TraceContextPropagator,
+}
+
+/// One method's names and its metric handles, made on first use of each status code.
+#[derive(Debug)]
+struct Method {
+    service: Arc<str>,
+    name: Arc<str>,
+    /// `service/method`, the server span's name.
+    span_name: String,
+    by_code: [OnceLock<(Counter, Histogram)>; 17],
+}
+
+impl Method {
+    fn new(service: Arc<str>, name: &str) -> Self {
+        Self {
+            span_name: format!("{service}/{name}"),
+            service,
+            name: name.into(),
+            by_code: Default::default(),
+        }
+    }
+
+    /// Logs, counts and times one finished call, and closes its span with its status.
+    fn finish(&self, code: Code, started: Instant, span: &Span) {
+        let elapsed = started.elapsed();
+        let (calls, latency) = self.by_code[code as usize].get_or_init(|| {
+            crate::metrics::rpc_handles(Arc::clone(&self.service), Arc::clone(&self.name), code)
+        });
+        calls.increment(1);
+        latency.record(elapsed.as_secs_f64());
+        tracing::info!(
+            service = &*self.service,
+            method = &*self.name,
+            code = ?code,
+            latency_ms = elapsed.as_secs_f64() * 1e3,
+            "rpc"
+        );
+        if !span.is_disabled() {
+            span.record("rpc.grpc.status_code", code as i64);
+            if is_server_error(code) {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+}
+
+/// The codes OpenTelemetry's RPC conventions count as a server's failure; the others are the
+/// client's (a wrong password is not an error of authd's).
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// See [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    methods: Arc<Methods>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ObservedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let method = self
+            .methods
+            .by_path
+            .get(request.uri().path())
+            .unwrap_or(&self.methods.unknown);
+        let span = tracing::info_span!(
+            target: RPC_TARGET,
+            "rpc",
+            otel.name = method.span_name.as_str(),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = &*method.service,
+            rpc.method = &*method.name,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            let parent = self
+                .methods
+                .propagator
+                .extract(&HeaderExtractor(request.headers()));
+            // An absent or malformed traceparent leaves the span a root: nothing to report.
+            let _ = span.set_parent(parent);
+        }
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ObservedFuture {
+            inner: inner.instrument(span.clone()),
+            call: Some(Call {
+                method: Arc::clone(method),
+                started,
+                span,
+            }),
+        }
+    }
+}
+
+/// A call not yet finished.
+#[derive(Debug)]
+struct Call {
+    method: Arc<Method>,
+    started: Instant,
+    span: Span,
+}
+
+impl Call {
+    fn finish(self, code: Code) {
+        self.method.finish(code, self.started, &self.span);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response on its way.
+    #[derive(Debug)]
+    pub struct ObservedFuture<F> {
+        #[pin]
+        inner: Instrumented<F>,
+        call: Option<Call>,
+    }
+}
+
+impl<F, B, E> Future for ObservedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<ObservedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match std::task::ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(error) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Internal);
+                }
+                return Poll::Ready(Err(error));
+            }
+        };
+        let mut call = this.call.take();
+        // A refusal carries its status in the headers, and no trailers follow.
+        if let Some(code) = grpc_status(response.headers())
+            && let Some(call) = call.take()
+        {
+            call.finish(code);
+        }
+        Poll::Ready(Ok(response.map(|inner| ObservedBody { inner, call })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body; its call finishes at its trailers, or when it is dropped.
+    #[derive(Debug)]
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(call) = this.call.take()
+                {
+                    call.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Internal);
+                }
+            }
+            // The end without trailers: gRPC always sends a status, so this one is unknown.
+            None => {
+                if let Some(call) = this.call.take() {
+                    call.finish(Code::Unknown);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(value.as_bytes())
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(Code::from_i32(code))
+}
+
+/// Reads `traceparent` and `tracestate` from the request's headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_served_method_is_known_by_its_path() {
+        let layer = ObserveLayer::new(&[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .unwrap();
+        let login = &layer.methods.by_path["/auth.v1.AuthService/Login"];
+        assert_eq!(
+            (&*login.service, &*login.name),
+            ("auth.v1.AuthService", "Login")
+        );
+        assert_eq!(login.span_name, "auth.v1.AuthService/Login");
+        let check = &layer.methods.by_path["/grpc.health.v1.Health/Check"];
+        assert_eq!(&*check.name, "Check");
+        assert!(
+            !layer
+                .methods
+                .by_path
+                .contains_key("/auth.v1.AuthService/Nope")
+        );
+    }
+
+    #[test]
+    fn the_status_is_read_from_grpc_status() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
+        assert_eq!(grpc_status(&headers), Some(Code::Unauthenticated));
+        headers.insert("grpc-status", http::HeaderValue::from_static("x"));
+        assert_eq!(grpc_status(&headers), None);
+    }
+}
