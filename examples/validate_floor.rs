@@ -63,6 +63,10 @@ async fn main() {
             nanos: 0,
         }),
     };
+    // No subscriber at all would make every span of h2 and hyper fall back to the `log` crate
+    // (tracing's `log` feature is on in this tree): a cost a plain server does not have.
+    tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default())
+        .expect("the first subscriber");
     let (_, health) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
         .add_service(health)

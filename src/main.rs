@@ -11,7 +11,7 @@ use authd::{
     cleanup,
     config::{Config, Observability},
     server::{self, Application},
-    telemetry,
+    telemetry::{self, CallSampler},
 };
 use clap::{Parser, Subcommand};
 
@@ -94,7 +94,7 @@ async fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse();
-    let outcome = run(cli).await;
+    let outcome = run(cli, telemetry.call_sampler()).await;
     telemetry.shutdown().await;
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,14 +106,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, call_sampler: Option<CallSampler>) -> anyhow::Result<()> {
     // Read only by the commands that need settings: key generation must work before any exist.
     let settings = || Config::from_env().context("invalid configuration");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Keys(KeysCommand::Generate { out }) => generate_key(&out),
         Command::Serve => {
             let config = settings()?;
-            let app = Application::build(config).await?;
+            let app = Application::build(config).await?.trace_calls(call_sampler);
             app.run_until(shutdown_signal()).await
         }
         Command::Migrate => {

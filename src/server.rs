@@ -23,6 +23,7 @@ use crate::{
     listener::{BoundedListener, ConnectionInfo, ConnectionLimits, TrackCallsLayer},
     proto::{self, auth_service_server::AuthServiceServer},
     store::{self, Store},
+    telemetry::CallSampler,
 };
 
 /// The gRPC service name that health checks name besides "".
@@ -46,6 +47,8 @@ pub struct Application {
     revoked: Arc<RevokedSessions>,
     /// When the revocation set was loaded; the poller continues from there.
     revocations_loaded_at: chrono::DateTime<chrono::Utc>,
+    /// Which calls get a server span; `None` while tracing is off.
+    call_sampler: Option<CallSampler>,
 }
 
 impl Application {
@@ -105,7 +108,14 @@ impl Application {
             auth,
             revoked,
             revocations_loaded_at,
+            call_sampler: None,
         })
+    }
+
+    /// Traces the calls `sampler` picks (see [`crate::telemetry`]).
+    pub fn trace_calls(mut self, sampler: Option<CallSampler>) -> Self {
+        self.call_sampler = sampler;
+        self
     }
 
     /// The bound gRPC address (useful with port 0).
@@ -196,7 +206,7 @@ impl Application {
             self.config.call_timeout,
         );
         let cors = browser::cors(&self.config.cors_origins).context("AUTH_CORS_ORIGINS")?;
-        let observe = ObserveLayer::new(&SERVED_DESCRIPTOR_SETS)
+        let observe = ObserveLayer::new(&SERVED_DESCRIPTOR_SETS, self.call_sampler)
             .context("while reading the served services' descriptors")?;
         // Browsers speak HTTP/1.1 to a plain-text port (and HTTP/2 over TLS via ALPN).
         let limits = self.config.grpc_connection;

@@ -7,6 +7,11 @@
 //! event (log line) is ever exported, so an audit line's details stay in the logs. Export is
 //! batched on a thread of its own; when the queue is full or the collector does not answer,
 //! spans are dropped and counted (`authd_trace_spans_dropped_total`), never waited for.
+//!
+//! Whether a call is traced is decided once, as it arrives ([`CallSampler`]), before any span
+//! exists: a call sampled out then costs a header lookup, not a span that is built and thrown
+//! away. The SDK records every span it is given, and statement and hashing spans exist only
+//! beneath a traced call.
 
 use std::{
     io::IsTerminal as _,
@@ -17,19 +22,27 @@ use std::{
     time::Duration,
 };
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{
+    propagation::{Extractor, TextMapPropagator as _},
+    trace::{SpanKind, TraceContextExt as _, TraceId, TracerProvider as _},
+};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
+    propagation::TraceContextPropagator,
     trace::{
-        BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+        BatchConfigBuilder, BatchSpanProcessor, IdGenerator as _, RandomIdGenerator, Sampler,
+        SamplingDecision, SdkTracerProvider, ShouldSample as _, SpanData, SpanExporter,
         SpanProcessor,
     },
 };
+use tonic::codegen::http;
+use tracing::subscriber::Interest;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, filter::FilterExt as _, layer::SubscriberExt as _,
-    util::SubscriberInitExt as _,
+    EnvFilter, Layer as _,
+    filter::{FilterExt as _, LevelFilter},
+    layer::SubscriberExt as _,
 };
 
 use crate::config::{LogFormat, Observability, TraceExport, TraceSampler};
@@ -53,21 +66,44 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    sampler: Option<CallSampler>,
 }
-
-/// Tracing could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("while starting the OTLP trace exporter: {0}")]
-pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
 
 /// Installs the process-wide subscriber. Call once, inside the Tokio runtime (the exporter's
 /// gRPC channel lives on it).
 pub fn init(settings: &Observability) -> Result<Telemetry, TelemetryError> {
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (subscriber, telemetry) = subscriber(settings, log_filter)?;
+    tracing::subscriber::set_global_default(subscriber)?;
+    Ok(telemetry)
+}
+
+/// Tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built from the settings.
+    #[error("while starting the OTLP trace exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// Another subscriber was installed first.
+    #[error("while installing the log and trace subscriber: {0}")]
+    Installed(#[from] tracing::subscriber::SetGlobalDefaultError),
+}
+
+/// The subscriber [`init`] installs: logs filtered by `log_filter`, and spans exported as
+/// `settings` say.
+fn subscriber(
+    settings: &Observability,
+    log_filter: EnvFilter,
+) -> Result<(Box<dyn tracing::Subscriber + Send + Sync>, Telemetry), TelemetryError> {
     // The spans made for export stay out of the logs: the per-call log line says the same.
-    let log_filter = log_filter.and(tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.is_span() && EXPORTED_TARGETS.contains(&meta.target()))
-    }));
+    // (The hint keeps `RUST_LOG`'s own: the most verbose level anything here may want, below
+    // which the `tracing` macros of h2 and hyper skip even their callsite check.)
+    let log_filter = log_filter.and(
+        tracing_subscriber::filter::filter_fn(|meta| {
+            !(meta.is_span() && EXPORTED_TARGETS.contains(&meta.target()))
+        })
+        .with_max_level_hint(LevelFilter::TRACE),
+    );
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match settings.log_format {
         LogFormat::Text => logs
@@ -83,13 +119,32 @@ pub fn init(settings: &Observability) -> Result<Telemetry, TelemetryError> {
             .boxed(),
     };
     let Some(traces) = &settings.traces else {
-        tracing_subscriber::registry().with(logs).init();
-        return Ok(Telemetry { provider: None });
+        let telemetry = Telemetry {
+            provider: None,
+            sampler: None,
+        };
+        return Ok((
+            Box::new(tracing_subscriber::registry().with(logs)),
+            telemetry,
+        ));
     };
     let provider = tracer_provider(traces)?;
-    let exported = tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_span() && EXPORTED_TARGETS.contains(&meta.target())
-    });
+    // A call's span where the call is traced; statement and hashing spans only beneath one.
+    // Decided per callsite wherever possible: every other span and event in the process is of
+    // no interest, once and for all.
+    let exported = tracing_subscriber::filter::dynamic_filter_fn(|meta, cx| {
+        meta.target() == RPC_TARGET || cx.lookup_current().is_some()
+    })
+    .with_callsite_filter(|meta| {
+        if !meta.is_span() || !EXPORTED_TARGETS.contains(&meta.target()) {
+            Interest::never()
+        } else if meta.target() == RPC_TARGET {
+            Interest::always()
+        } else {
+            Interest::sometimes()
+        }
+    })
+    .with_max_level_hint(LevelFilter::INFO);
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("authd"))
         .with_location(false)
@@ -98,16 +153,20 @@ pub fn init(settings: &Observability) -> Result<Telemetry, TelemetryError> {
         .with_level(false)
         .with_tracked_inactivity(false)
         .with_filter(exported);
-    tracing_subscriber::registry().with(logs).with(spans).init();
-    Ok(Telemetry {
+    let telemetry = Telemetry {
         provider: Some(provider),
-    })
+        sampler: Some(CallSampler::new(traces.sampler)),
+    };
+    Ok((
+        Box::new(tracing_subscriber::registry().with(logs).with(spans)),
+        telemetry,
+    ))
 }
 
 impl Telemetry {
-    /// Whether spans are exported (and so whether calls need a server span).
-    pub fn traces_calls(&self) -> bool {
-        self.provider.is_some()
+    /// Which calls to trace; `None` when tracing is off.
+    pub fn call_sampler(&self) -> Option<CallSampler> {
+        self.sampler.clone()
     }
 
     /// Sends what is still queued, for at most a few seconds, and stops the exporter.
@@ -148,7 +207,8 @@ fn tracer_provider(traces: &TraceExport) -> Result<SdkTracerProvider, TelemetryE
             inner: batches,
             queued,
         })
-        .with_sampler(sampler(traces.sampler))
+        // Calls are sampled as they arrive (CallSampler); what reaches the SDK is recorded.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(
             Resource::builder()
                 .with_service_name(traces.service_name.clone())
@@ -161,18 +221,66 @@ fn tracer_provider(traces: &TraceExport) -> Result<SdkTracerProvider, TelemetryE
         .build())
 }
 
-fn sampler(settings: TraceSampler) -> Sampler {
-    let root = if settings.ratio >= 1.0 {
-        Sampler::AlwaysOn
-    } else if settings.ratio <= 0.0 {
-        Sampler::AlwaysOff
-    } else {
-        Sampler::TraceIdRatioBased(settings.ratio)
-    };
-    if settings.parent_based {
-        Sampler::ParentBased(Box::new(root))
-    } else {
-        root
+/// Decides, from its `traceparent`, whether a call is traced, the way OpenTelemetry's samplers
+/// of the same names would: `parentbased_*` follows the caller's sampled flag, and otherwise
+/// (or without a caller's trace) the ratio decides by trace id.
+#[derive(Debug, Clone)]
+pub struct CallSampler {
+    parent_based: bool,
+    ratio: Sampler,
+    propagator: TraceContextPropagator,
+    ids: RandomIdGenerator,
+}
+
+impl CallSampler {
+    fn new(settings: TraceSampler) -> Self {
+        Self {
+            parent_based: settings.parent_based,
+            ratio: Sampler::TraceIdRatioBased(settings.ratio),
+            propagator: TraceContextPropagator::new(),
+            ids: RandomIdGenerator::default(),
+        }
+    }
+
+    /// The caller's trace context (empty without a valid `traceparent`) when the call is to be
+    /// traced, `None` when it is sampled out.
+    pub fn sample(&self, headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
+        if headers.contains_key(TRACEPARENT) {
+            let caller = self.propagator.extract(&HeaderExtractor(headers));
+            let parent = caller.span().span_context().clone();
+            if parent.is_valid() {
+                let traced = if self.parent_based {
+                    parent.is_sampled()
+                } else {
+                    self.ratio_admits(parent.trace_id())
+                };
+                return traced.then_some(caller);
+            }
+        }
+        self.ratio_admits(self.ids.new_trace_id())
+            .then(opentelemetry::Context::new)
+    }
+
+    fn ratio_admits(&self, trace_id: TraceId) -> bool {
+        let result = self
+            .ratio
+            .should_sample(None, trace_id, "", &SpanKind::Server, &[], &[]);
+        result.decision == SamplingDecision::RecordAndSample
+    }
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// Reads `traceparent` and `tracestate` from a request's headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
 
@@ -244,5 +352,74 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_traceparent(flags: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        let value = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+        headers.insert(TRACEPARENT, value.parse().unwrap());
+        headers
+    }
+
+    fn sampler(parent_based: bool, ratio: f64) -> CallSampler {
+        CallSampler::new(TraceSampler {
+            parent_based,
+            ratio,
+        })
+    }
+
+    #[test]
+    fn parent_based_sampling_follows_the_callers_flag() {
+        let sampler = sampler(true, 0.0);
+        let traced = sampler.sample(&with_traceparent("01")).unwrap();
+        assert_eq!(
+            traced.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(sampler.sample(&with_traceparent("00")).is_none());
+        // No caller: the ratio decides (here: never).
+        assert!(sampler.sample(&http::HeaderMap::new()).is_none());
+        assert!(
+            self::sampler(true, 1.0)
+                .sample(&http::HeaderMap::new())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn without_parent_based_sampling_the_ratio_decides() {
+        assert!(
+            sampler(false, 0.0)
+                .sample(&with_traceparent("01"))
+                .is_none()
+        );
+        assert!(
+            sampler(false, 1.0)
+                .sample(&with_traceparent("00"))
+                .is_some()
+        );
+        let half = sampler(false, 0.5);
+        let traced = (0..2000)
+            .filter(|_| half.sample(&http::HeaderMap::new()).is_some())
+            .count();
+        assert!(
+            (800..1200).contains(&traced),
+            "{traced} of 2000 traced at 0.5"
+        );
+    }
+
+    #[test]
+    fn a_malformed_traceparent_counts_as_none() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, "garbage".parse().unwrap());
+        assert!(sampler(true, 0.0).sample(&headers).is_none());
+        let traced = sampler(true, 1.0).sample(&headers).unwrap();
+        assert!(!traced.span().span_context().is_valid(), "a new root");
     }
 }

@@ -68,12 +68,14 @@ async fn receiver() -> (SocketAddr, Received, oneshot::Sender<()>) {
     (addr, received, stop)
 }
 
-/// Settings that point authd at `collector` and export every 100 ms.
-fn exporting_to(collector: SocketAddr) -> [(&'static str, String); 3] {
+/// Settings that point authd at `collector` and export every 100 ms. Logs only warnings (and
+/// the "listening" line the tests wait for): what is traced does not depend on what is logged.
+fn exporting_to(collector: SocketAddr) -> [(&'static str, String); 4] {
     [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ("OTEL_SERVICE_NAME", "authd-under-test".to_owned()),
+        ("RUST_LOG", "warn,authd::server=info".to_owned()),
     ]
 }
 
@@ -94,9 +96,8 @@ fn string(value: &str) -> Value {
 }
 
 /// A request carrying the caller's W3C trace context.
-fn traced<T>(message: T, trace_id: &str, parent_id: &str) -> Request<T> {
+fn traced<T>(message: T, traceparent: &str) -> Request<T> {
     let mut request = Request::new(message);
-    let traceparent = format!("00-{trace_id}-{parent_id}-01");
     request
         .metadata_mut()
         .insert("traceparent", MetadataValue::try_from(traceparent).unwrap());
@@ -120,8 +121,15 @@ async fn a_login_is_traced_under_the_callers_trace_with_child_spans_and_no_secre
         password: PASSWORD.into(),
         ..Default::default()
     };
+    // A caller that does not sample its trace: neither the call nor its statements are traced.
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    client
+        .login(traced(login.clone(), unsampled))
+        .await
+        .unwrap();
+    let sampled = format!("00-{trace_id}-{parent_id}-01");
     let tokens = client
-        .login(traced(login, trace_id, parent_id))
+        .login(traced(login, &sampled))
         .await
         .unwrap()
         .into_inner();
@@ -130,8 +138,7 @@ async fn a_login_is_traced_under_the_callers_trace_with_child_spans_and_no_secre
             RefreshRequest {
                 refresh_token: tokens.refresh_token.clone(),
             },
-            trace_id,
-            parent_id,
+            &sampled,
         ))
         .await
         .unwrap()
@@ -141,8 +148,7 @@ async fn a_login_is_traced_under_the_callers_trace_with_child_spans_and_no_secre
             ValidateRequest {
                 access_token: refreshed.access_token.clone(),
             },
-            trace_id,
-            parent_id,
+            &sampled,
         ))
         .await
         .unwrap();
@@ -169,6 +175,20 @@ async fn a_login_is_traced_under_the_callers_trace_with_child_spans_and_no_secre
         }
     })
     .await;
+
+    // Nothing else was traced: not the unsampled Login, nor its statements as traces of their own.
+    let others: Vec<_> = received
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, span)| span.trace_id != trace_id_bytes)
+        .map(|(_, span)| span.name.clone())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "spans outside the sampled trace: {others:?}"
+    );
 
     let server_span = |method: &str| {
         spans

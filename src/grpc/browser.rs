@@ -1,7 +1,13 @@
 //! Browsers: gRPC-Web calls, CORS, and the HttpOnly cookie that carries their refresh token so
 //! that page scripts never see it.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::future::Either;
 
 use tonic::{
     Request,
@@ -36,7 +42,13 @@ pub fn is_browser_call<T>(request: &Request<T>) -> bool {
 
 /// CORS for gRPC-Web: only the listed origins, with credentials (the cookie), and the gRPC
 /// status headers readable by the page. An empty list allows no cross-origin call.
-pub fn cors(origins: &[String]) -> Result<CorsLayer, http::header::InvalidHeaderValue> {
+///
+/// Only requests that name an `Origin` pass through it: browsers send one with every preflight
+/// and every POST, while service-to-service calls, which send none, would pay on every call
+/// for `Vary` headers nothing reads.
+pub fn cors(
+    origins: &[String],
+) -> Result<BrowsersOnly<CorsLayer>, http::header::InvalidHeaderValue> {
     let origins = origins
         .iter()
         .map(|origin| HeaderValue::from_str(origin))
@@ -57,6 +69,57 @@ pub fn cors(origins: &[String]) -> Result<CorsLayer, http::header::InvalidHeader
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(Duration::from_secs(24 * 3600)))
+    .map(|layer| BrowsersOnly(Arc::new(layer)))
+}
+
+/// Applies the layer it holds to requests with an `Origin` header only (see [`cors`]).
+#[derive(Debug, Clone)]
+pub struct BrowsersOnly<L>(Arc<L>);
+
+impl<L, S> tower::Layer<S> for BrowsersOnly<L> {
+    type Service = OriginSplit<L, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OriginSplit {
+            browsers: Arc::clone(&self.0),
+            inner,
+        }
+    }
+}
+
+/// Sends a request with an `Origin` through `browsers` (its layer is wrapped around `inner` for
+/// that request alone), any other straight to `inner`. The server clones its service stack for
+/// every call, and this clone costs a reference count, not a copy of the CORS rules.
+#[derive(Debug, Clone)]
+pub struct OriginSplit<L, S> {
+    browsers: Arc<L>,
+    inner: S,
+}
+
+impl<L, S, ReqBody> tower::Service<http::Request<ReqBody>> for OriginSplit<L, S>
+where
+    L: tower::Layer<S>,
+    L::Service: tower::Service<http::Request<ReqBody>, Response = S::Response, Error = S::Error>,
+    S: tower::Service<http::Request<ReqBody>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<<L::Service as tower::Service<http::Request<ReqBody>>>::Future, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if request.headers().contains_key(header::ORIGIN) {
+            // The ready service goes into the CORS wrapper; a clone waits for the next call.
+            let clone = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, clone);
+            Either::Left(self.browsers.layer(ready).call(request))
+        } else {
+            Either::Right(self.inner.call(request))
+        }
+    }
 }
 
 /// The refresh-token cookie: `HttpOnly` (no script reads it), `Secure`, `Path=/`, host-only.

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{Instant, Sleep},
+};
 use tonic::{body::Body, codegen::http, server::NamedService};
 
 use super::status::{call_timed_out, calls_shed};
@@ -56,13 +59,17 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => LimitedCall {
-                call: Some(tokio::time::timeout(self.timeout, self.inner.call(request))),
+                call: Some(self.inner.call(request)),
+                deadline: Instant::now() + self.timeout,
+                timer: None,
                 _permit: Some(permit),
             },
             Err(_) => {
                 crate::metrics::call_shed();
                 LimitedCall {
                     call: None,
+                    deadline: Instant::now(),
+                    timer: None,
                     _permit: None,
                 }
             }
@@ -71,11 +78,15 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A call holding its slot, or a refusal for want of one.
+    /// A call holding its slot, or a refusal for want of one. Its timer is set only once the
+    /// call has to wait: most calls (a Validate whose request has arrived whole) answer at
+    /// their first poll and never touch the timer wheel.
     #[derive(Debug)]
     pub struct LimitedCall<F> {
         #[pin]
-        call: Option<tokio::time::Timeout<F>>,
+        call: Option<F>,
+        deadline: Instant,
+        timer: Option<Pin<Box<Sleep>>>,
         _permit: Option<OwnedSemaphorePermit>,
     }
 }
@@ -87,15 +98,19 @@ where
     type Output = Result<http::Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(call) = self.project().call.as_pin_mut() else {
+        let this = self.project();
+        let Some(call) = this.call.as_pin_mut() else {
             return Poll::Ready(Ok(calls_shed().into_http()));
         };
-        Poll::Ready(match std::task::ready!(call.poll(cx)) {
-            Ok(answered) => answered,
-            Err(_elapsed) => {
-                crate::metrics::call_timed_out();
-                Ok(call_timed_out().into_http())
-            }
-        })
+        if let Poll::Ready(answered) = call.poll(cx) {
+            return Poll::Ready(answered);
+        }
+        let deadline = *this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        std::task::ready!(timer.as_mut().poll(cx));
+        crate::metrics::call_timed_out();
+        Poll::Ready(Ok(call_timed_out().into_http()))
     }
 }

@@ -215,6 +215,8 @@ macro_rules! impl_from_issued_tokens {
 }
 impl_from_issued_tokens!(LoginResponse, RefreshResponse);
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// tonic refuses a request over its size limit with OUT_OF_RANGE before decoding it. authd's
 /// contract (and gRPC's status guide) says RESOURCE_EXHAUSTED: this rewrites that one answer.
 /// Nothing else in authd answers OUT_OF_RANGE.
@@ -223,7 +225,7 @@ pub fn oversized_is_resource_exhausted(
 ) -> http::Response<tonic::body::Body> {
     let out_of_range = response
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .is_some_and(|code| code.as_bytes() == b"11");
     if out_of_range {
         Status::from(AuthError::RequestTooLarge).into_http()

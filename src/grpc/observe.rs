@@ -7,7 +7,6 @@
 //! trailers is a call the client cancelled.
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
@@ -16,14 +15,12 @@ use std::{
 };
 
 use metrics::{Counter, Histogram};
-use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prost::Message as _;
 use tonic::{Code, codegen::http};
-use tracing::{Instrument as _, Span, instrument::Instrumented};
+use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::telemetry::RPC_TARGET;
+use crate::telemetry::{CallSampler, RPC_TARGET};
 
 /// Observes every call of the services described by `descriptor_sets`; a path outside them
 /// is labelled `unknown`, so a client cannot mint label values.
@@ -33,9 +30,13 @@ pub struct ObserveLayer {
 }
 
 impl ObserveLayer {
-    /// `descriptor_sets`: the encoded descriptor sets of every service served.
-    pub fn new(descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
-        let mut by_path = HashMap::new();
+    /// `descriptor_sets`: the encoded descriptor sets of every service served; `sampler`: which
+    /// calls get a server span (`None`: tracing is off).
+    pub fn new(
+        descriptor_sets: &[&[u8]],
+        sampler: Option<CallSampler>,
+    ) -> Result<Self, prost::DecodeError> {
+        let mut by_path = Vec::new();
         for encoded in descriptor_sets {
             let set = prost_types::FileDescriptorSet::decode(*encoded)?;
             for file in set.file {
@@ -48,10 +49,8 @@ impl ObserveLayer {
                     };
                     for method in &service.method {
                         let path = format!("/{service_name}/{}", method.name());
-                        by_path.insert(
-                            path,
-                            Arc::new(Method::new(Arc::clone(&service_name), method.name())),
-                        );
+                        let method = Method::new(Arc::clone(&service_name), method.name());
+                        by_path.push((path, Arc::new(method)));
                     }
                 }
             }
@@ -60,7 +59,7 @@ impl ObserveLayer {
             methods: Arc::new(Methods {
                 by_path,
                 unknown: Arc::new(Method::new("unknown".into(), "unknown")),
-                propagator: TraceContextPropagator::new(),
+                sampler,
             }),
         })
     }
@@ -79,9 +78,19 @@ impl<S> tower::Layer<S> for ObserveLayer {
 
 #[derive(Debug)]
 struct Methods {
-    by_path: HashMap<String, Arc<Method>>,
+    /// A dozen paths: a scan compares lengths first, and beats hashing a path per call.
+    by_path: Vec<(String, Arc<Method>)>,
     unknown: Arc<Method>,
-    propagator: TraceContextPropagator,
+    sampler: Option<CallSampler>,
+}
+
+impl Methods {
+    fn find(&self, path: &str) -> &Arc<Method> {
+        self.by_path
+            .iter()
+            .find(|(known, _)| known == path)
+            .map_or(&self.unknown, |(_, method)| method)
+    }
 }
 
 /// One method's names and its metric handles, made on first use of each status code.
@@ -163,36 +172,38 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
-        let method = self
+        let method = self.methods.find(request.uri().path());
+        let caller = self
             .methods
-            .by_path
-            .get(request.uri().path())
-            .unwrap_or(&self.methods.unknown);
-        let span = tracing::info_span!(
-            target: RPC_TARGET,
-            "rpc",
-            otel.name = method.span_name.as_str(),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = &*method.service,
-            rpc.method = &*method.name,
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        if !span.is_disabled() {
-            let parent = self
-                .methods
-                .propagator
-                .extract(&HeaderExtractor(request.headers()));
-            // An absent or malformed traceparent leaves the span a root: nothing to report.
-            let _ = span.set_parent(parent);
-        }
-        let inner = {
-            let _entered = span.enter();
+            .sampler
+            .as_ref()
+            .and_then(|sampler| sampler.sample(request.headers()));
+        let span = match caller {
+            None => Span::none(),
+            Some(caller) => {
+                let span = tracing::info_span!(
+                    target: RPC_TARGET,
+                    "rpc",
+                    otel.name = method.span_name.as_str(),
+                    otel.kind = "server",
+                    rpc.system = "grpc",
+                    rpc.service = &*method.service,
+                    rpc.method = &*method.name,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                // Fails only for a span the subscriber does not export: nothing to report.
+                let _ = span.set_parent(caller);
+                span
+            }
+        };
+        let inner = if span.is_none() {
             self.inner.call(request)
+        } else {
+            span.in_scope(|| self.inner.call(request))
         };
         ObservedFuture {
-            inner: inner.instrument(span.clone()),
+            inner,
             call: Some(Call {
                 method: Arc::clone(method),
                 started,
@@ -217,11 +228,11 @@ impl Call {
 }
 
 pin_project_lite::pin_project! {
-    /// The response on its way.
+    /// The response on its way, polled inside the call's span when it has one.
     #[derive(Debug)]
     pub struct ObservedFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: F,
         call: Option<Call>,
     }
 }
@@ -234,7 +245,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = match std::task::ready!(this.inner.poll(cx)) {
+        let polled = match this.call {
+            Some(call) if !call.span.is_none() => call.span.in_scope(|| this.inner.poll(cx)),
+            _ => this.inner.poll(cx),
+        };
+        let response = match std::task::ready!(polled) {
             Ok(response) => response,
             Err(error) => {
                 if let Some(call) = this.call.take() {
@@ -314,26 +329,15 @@ impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
     }
 }
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(GRPC_STATUS)?;
     let code = std::str::from_utf8(value.as_bytes())
         .ok()?
         .parse::<i32>()
         .ok()?;
     Some(Code::from_i32(code))
-}
-
-/// Reads `traceparent` and `tracestate` from the request's headers (gRPC metadata).
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
 }
 
 #[cfg(test)]
@@ -343,25 +347,24 @@ mod tests {
 
     #[test]
     fn every_served_method_is_known_by_its_path() {
-        let layer = ObserveLayer::new(&[
-            crate::proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-        ])
+        let layer = ObserveLayer::new(
+            &[
+                crate::proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+            None,
+        )
         .unwrap();
-        let login = &layer.methods.by_path["/auth.v1.AuthService/Login"];
+        let login = layer.methods.find("/auth.v1.AuthService/Login");
         assert_eq!(
             (&*login.service, &*login.name),
             ("auth.v1.AuthService", "Login")
         );
         assert_eq!(login.span_name, "auth.v1.AuthService/Login");
-        let check = &layer.methods.by_path["/grpc.health.v1.Health/Check"];
+        let check = layer.methods.find("/grpc.health.v1.Health/Check");
         assert_eq!(&*check.name, "Check");
-        assert!(
-            !layer
-                .methods
-                .by_path
-                .contains_key("/auth.v1.AuthService/Nope")
-        );
+        let unknown = layer.methods.find("/auth.v1.AuthService/Nope");
+        assert_eq!((&*unknown.service, &*unknown.name), ("unknown", "unknown"));
     }
 
     #[test]
