@@ -26,10 +26,12 @@ connections=${BENCH_CONNECTIONS:-4}
 # BENCH_BIN_DIR: binaries built before (authd, load, validate_floor), for A/B runs of two builds.
 if [[ -n ${BENCH_BIN_DIR:-} ]]; then
   bin=$BENCH_BIN_DIR authd=$bin/authd load_bin=$bin/load floor_bin=$bin/validate_floor
+  sink_bin=$bin/otlp_sink
 else
-  cargo build --release --quiet --bin authd --example load --example validate_floor
+  cargo build --release --quiet --bin authd --example load --example validate_floor \
+    --example otlp_sink
   authd=target/release/authd load_bin=target/release/examples/load
-  floor_bin=target/release/examples/validate_floor
+  floor_bin=target/release/examples/validate_floor sink_bin=target/release/examples/otlp_sink
 fi
 load() { "$load_bin" --target "http://$AUTH_LISTEN" --accounts "$accounts" "$@"; }
 work=$(mktemp -d)
@@ -74,15 +76,15 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # User plus system CPU of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
-validate_cpu() { # label, pid, address: Validate over the tokens, with the server's CPU per call
-  local label=$1 pid=$2 address=$3 before after out calls
+call_cpu() { # label, pid, address, mode: that call's load, with the server's CPU per call
+  local label=$1 pid=$2 address=$3 mode=$4 before after out calls
   echo "## $label"
   before=$(cpu_ticks "$pid")
-  out=$("$load_bin" --target "http://$address" --mode validate --tokens-file "$work/tokens" \
+  out=$("$load_bin" --target "http://$address" --mode "$mode" --tokens-file "$work/tokens" \
     --duration "$duration" --connections "$connections" --in-flight "$in_flight" | tail -n +2)
   after=$(cpu_ticks "$pid")
   echo "$out"
-  calls=$(awk '$1 == "Validate" {print $2}' <<<"$out")
+  calls=$(awk 'NR > 1 {print $2}' <<<"$out")
   echo "server CPU per call: $(awk "BEGIN {printf \"%.2f\", ($after - $before) * 1e6 / $ticks_per_second / $calls}") µs"
 }
 run() { # label, load arguments...
@@ -119,19 +121,32 @@ for phase in $phases; do
     floor=$!
     until "$load_bin" --target "http://$floor_address" --mode health --duration 100ms \
       --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
-    # Tracing on but sampled out: spans are made, none is exported (the endpoint is never dialled).
+    # Tracing on but every call sampled out: no span is made, the endpoint is never dialled.
     sampled_out=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=always_off)
+    # Every call traced, to a collector that keeps up (examples/otlp_sink.rs), and then with
+    # nothing listening where the collector should be: spans are made and dropped
+    # (authd_trace_spans_dropped_total), and calls must not wait for them.
+    "$sink_bin" 127.0.0.1:4319 &
+    sink=$!
+    collector_up=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4319 OTEL_TRACES_SAMPLER=always_on)
+    collector_down=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 OTEL_TRACES_SAMPLER=always_on)
     for i in $(seq "$runs"); do
       start
-      run "health run $i" --mode health
-      validate_cpu "authd validate, tracing off, run $i" "$server" "$AUTH_LISTEN"
+      call_cpu "health run $i" "$server" "$AUTH_LISTEN" health
+      call_cpu "authd validate, tracing off, run $i" "$server" "$AUTH_LISTEN" validate
       stop
-      validate_cpu "floor validate run $i" "$floor" "$floor_address"
+      call_cpu "floor validate run $i" "$floor" "$floor_address" validate
       start "${sampled_out[@]}"
-      validate_cpu "authd validate, tracing sampled out, run $i" "$server" "$AUTH_LISTEN"
+      call_cpu "authd validate, tracing sampled out, run $i" "$server" "$AUTH_LISTEN" validate
+      stop
+      start "${collector_up[@]}"
+      call_cpu "authd validate, every call traced, collector up, run $i" "$server" "$AUTH_LISTEN" validate
+      stop
+      start "${collector_down[@]}"
+      call_cpu "authd validate, every call traced, collector down, run $i" "$server" "$AUTH_LISTEN" validate
       stop
     done
-    kill "$floor"; wait "$floor" 2>/dev/null || true ;;
+    kill "$floor" "$sink"; wait "$floor" "$sink" 2>/dev/null || true ;;
   login)
     [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
     add_users login@example.com

@@ -217,6 +217,9 @@ impl Opening {
 struct Idle {
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
+    /// The task the timer wakes, once it has been polled: until it fires, polling it again
+    /// for the same task changes nothing (and a busy connection reads often).
+    registered: Option<std::task::Waker>,
 }
 
 impl Idle {
@@ -226,11 +229,20 @@ impl Idle {
         Self {
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
+            registered: None,
         }
     }
 
     /// Ready once the connection has been idle for the whole timeout.
     fn poll_expired(&mut self, calls: &Calls, cx: &mut Context<'_>) -> Poll<()> {
+        let same_task = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if same_task && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        self.registered = Some(cx.waker().clone());
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let due = match calls.idle_since() {

@@ -236,7 +236,11 @@ impl CallSampler {
     fn new(settings: TraceSampler) -> Self {
         Self {
             parent_based: settings.parent_based,
-            ratio: Sampler::TraceIdRatioBased(settings.ratio),
+            ratio: match settings.ratio {
+                ratio if ratio <= 0.0 => Sampler::AlwaysOff,
+                ratio if ratio >= 1.0 => Sampler::AlwaysOn,
+                ratio => Sampler::TraceIdRatioBased(ratio),
+            },
             propagator: TraceContextPropagator::new(),
             ids: RandomIdGenerator::default(),
         }
@@ -257,8 +261,13 @@ impl CallSampler {
                 return traced.then_some(caller);
             }
         }
-        self.ratio_admits(self.ids.new_trace_id())
-            .then(opentelemetry::Context::new)
+        let admitted = match self.ratio {
+            // `always_off` and `always_on` need no trace id to decide.
+            Sampler::AlwaysOff => false,
+            Sampler::AlwaysOn => true,
+            _ => self.ratio_admits(self.ids.new_trace_id()),
+        };
+        admitted.then(opentelemetry::Context::new)
     }
 
     fn ratio_admits(&self, trace_id: TraceId) -> bool {

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::{Instant, Sleep},
+    time::Sleep,
 };
 use tonic::{body::Body, codegen::http, server::NamedService};
 
@@ -60,7 +60,7 @@ where
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => LimitedCall {
                 call: Some(self.inner.call(request)),
-                deadline: Instant::now() + self.timeout,
+                timeout: self.timeout,
                 timer: None,
                 _permit: Some(permit),
             },
@@ -68,7 +68,7 @@ where
                 crate::metrics::call_shed();
                 LimitedCall {
                     call: None,
-                    deadline: Instant::now(),
+                    timeout: self.timeout,
                     timer: None,
                     _permit: None,
                 }
@@ -79,13 +79,14 @@ where
 
 pin_project_lite::pin_project! {
     /// A call holding its slot, or a refusal for want of one. Its timer is set only once the
-    /// call has to wait: most calls (a Validate whose request has arrived whole) answer at
-    /// their first poll and never touch the timer wheel.
+    /// call has to wait, for the whole timeout from then: most calls (a Validate whose request
+    /// has arrived whole) answer at their first poll and never read the clock or touch the
+    /// timer wheel, and those microseconds do not matter to a timeout of seconds.
     #[derive(Debug)]
     pub struct LimitedCall<F> {
         #[pin]
         call: Option<F>,
-        deadline: Instant,
+        timeout: Duration,
         timer: Option<Pin<Box<Sleep>>>,
         _permit: Option<OwnedSemaphorePermit>,
     }
@@ -105,10 +106,10 @@ where
         if let Poll::Ready(answered) = call.poll(cx) {
             return Poll::Ready(answered);
         }
-        let deadline = *this.deadline;
+        let timeout = *this.timeout;
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         std::task::ready!(timer.as_mut().poll(cx));
         crate::metrics::call_timed_out();
         Poll::Ready(Ok(call_timed_out().into_http()))
