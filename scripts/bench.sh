@@ -121,8 +121,9 @@ for phase in $phases; do
     floor=$!
     until "$load_bin" --target "http://$floor_address" --mode health --duration 100ms \
       --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
-    # Tracing on but every call sampled out: no span is made, the endpoint is never dialled.
-    sampled_out=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=always_off)
+    # Tracing on but every call sampled out (the default parent-based sampler, with no caller
+    # trace and a ratio of 0): no span is made, the endpoint is never dialled.
+    sampled_out=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=parentbased_always_off)
     # Every call traced, to a collector that keeps up (examples/otlp_sink.rs), and then with
     # nothing listening where the collector should be: spans are made and dropped
     # (authd_trace_spans_dropped_total), and calls must not wait for them.

@@ -71,4 +71,4 @@ echo "# instructions per Validate under callgrind, $(date -u +%F), commit $(git 
 measure "floor" 127.0.0.1:50074 "$floor_bin" 127.0.0.1:50074
 measure "authd, tracing off" "$AUTH_LISTEN" "$authd" serve
 measure "authd, tracing sampled out" "$AUTH_LISTEN" OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
-  OTEL_TRACES_SAMPLER=always_off "$authd" serve
+  OTEL_TRACES_SAMPLER=parentbased_always_off "$authd" serve
