@@ -92,6 +92,12 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
     })
     .await;
 
+    // Health checks are counted like any call.
+    assert_eq!(
+        common::health(app.addr, "").await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
     let samples = eventually(Duration::from_secs(10), "a clean-up run", || async {
         let (head, body) = http_get(app.http_addr, "/metrics").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -123,7 +129,11 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
         ("Logout", "OK"),
         ("Validate", "OK"),
     ] {
-        let labels = [("method", method), ("code", code)];
+        let labels = [
+            ("service", "auth.v1.AuthService"),
+            ("method", method),
+            ("code", code),
+        ];
         at_least_one("authd_rpc_requests_total", &labels);
         at_least_one("authd_rpc_duration_seconds_count", &labels);
         at_least_one(
@@ -131,6 +141,13 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
             &[("method", method), ("code", code), ("le", "+Inf")],
         );
     }
+    let health = [
+        ("service", "grpc.health.v1.Health"),
+        ("method", "Check"),
+        ("code", "OK"),
+    ];
+    at_least_one("authd_rpc_requests_total", &health);
+    at_least_one("authd_rpc_duration_seconds_count", &health);
     at_least_one("authd_login_failures_total", &[]);
     at_least_one("authd_login_throttled_total", &[]);
     at_least_one("authd_refresh_token_reuse_total", &[]);
