@@ -79,6 +79,10 @@ ticks_per_second=$(getconf CLK_TCK)
 call_cpu() { # label, pid, address, mode: that call's load, with the server's CPU per call
   local label=$1 pid=$2 address=$3 mode=$4 before after out calls
   echo "## $label"
+  # Steady state: every token verified once (and cached) before the count starts, as in a
+  # server that has been up for a while; connections warm on both servers alike.
+  "$load_bin" --target "http://$address" --mode "$mode" --tokens-file "$work/tokens" \
+    --duration 2s --connections "$connections" --in-flight "$in_flight" >/dev/null
   before=$(cpu_ticks "$pid")
   out=$("$load_bin" --target "http://$address" --mode "$mode" --tokens-file "$work/tokens" \
     --duration "$duration" --connections "$connections" --in-flight "$in_flight" | tail -n +2)

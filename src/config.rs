@@ -240,9 +240,7 @@ impl Default for Argon2Settings {
 impl Config {
     /// Reads `.env` (if present) and the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        // A missing .env is normal; a malformed one is reported by the values it leaves unset.
-        let _ = dotenvy::dotenv();
-        Self::from_vars(std::env::vars())
+        Self::from_vars(environment())
     }
 
     /// Builds the configuration from `(name, value)` pairs; variables not named `AUTH_*` are
@@ -596,6 +594,13 @@ fn cookie_name(name: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(name.to_owned())
+}
+
+/// The process environment, after `.env` (if present) has been read into it. A missing `.env`
+/// is normal; a malformed one is reported by the values it leaves unset.
+fn environment() -> std::env::Vars {
+    let _ = dotenvy::dotenv();
+    std::env::vars()
 }
 
 fn error(variable: &'static str, problem: impl Into<String>) -> ConfigError {

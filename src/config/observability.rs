@@ -56,8 +56,7 @@ pub struct TraceSampler {
 impl Observability {
     /// Reads `AUTH_LOG_FORMAT` and the `OTEL_*` trace settings (after `.env`).
     pub fn from_env() -> Result<Self, ConfigError> {
-        let _ = dotenvy::dotenv();
-        Self::from_vars(std::env::vars())
+        Self::from_vars(super::environment())
     }
 
     /// Builds the settings from `(name, value)` pairs; an empty value counts as unset.
