@@ -13,6 +13,8 @@
 # authd with tracing off and on but sampled out).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
 # BENCH_BIN_DIR names a folder of prebuilt binaries to measure instead of building.
+# BENCH_PIN=1 runs the servers on CPU 0 and the load generator on CPU 1 (taskset), so that
+# neither takes the other's core: steadier figures on a two-core host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=${1:?usage: scripts/bench.sh sqlite|postgres [phase...]}
@@ -67,11 +69,16 @@ add_users() { # email [env...]
   for n in $(seq 0 $((accounts - 1))); do add_user "${email%@*}+$n@${email#*@}" "$@"; done
 }
 start() { # [env...]
-  env "$@" $authd serve 2>>"$work/authd.log" &
+  "${on_server_cpu[@]}" env "$@" $authd serve 2>>"$work/authd.log" &
   server=$!
   until load --mode health --duration 100ms --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
 }
 stop() { kill "$server"; wait "$server" || true; }
+if [[ -n ${BENCH_PIN:-} ]]; then
+  on_server_cpu=(taskset -c 0) on_client_cpu=(taskset -c 1)
+else
+  on_server_cpu=() on_client_cpu=()
+fi
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # User plus system CPU of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -81,10 +88,12 @@ call_cpu() { # label, pid, address, mode: that call's load, with the server's CP
   echo "## $label"
   # Steady state: every token verified once (and cached) before the count starts, as in a
   # server that has been up for a while; connections warm on both servers alike.
-  "$load_bin" --target "http://$address" --mode "$mode" --tokens-file "$work/tokens" \
+  "${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" \
+    --tokens-file "$work/tokens" \
     --duration 2s --connections "$connections" --in-flight "$in_flight" >/dev/null
   before=$(cpu_ticks "$pid")
-  out=$("$load_bin" --target "http://$address" --mode "$mode" --tokens-file "$work/tokens" \
+  out=$("${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" \
+    --tokens-file "$work/tokens" \
     --duration "$duration" --connections "$connections" --in-flight "$in_flight" | tail -n +2)
   after=$(cpu_ticks "$pid")
   echo "$out"
@@ -121,7 +130,7 @@ for phase in $phases; do
       stop
     fi
     floor_address=127.0.0.1:50072
-    "$floor_bin" "$floor_address" &
+    "${on_server_cpu[@]}" "$floor_bin" "$floor_address" &
     floor=$!
     until "$load_bin" --target "http://$floor_address" --mode health --duration 100ms \
       --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
