@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::{FAILURE_MEMORY, KNOWN_CLIENT_MEMORY},
-    config::Config,
+    config::SessionSettings,
     store::{self, Store, StoreError},
 };
 
@@ -36,11 +36,12 @@ pub struct CleanupPolicy {
 }
 
 impl CleanupPolicy {
-    /// The policy `config` sets.
-    pub fn from_config(config: &Config) -> Self {
+    /// The policy the session settings set.
+    pub fn new(sessions: &SessionSettings) -> Self {
         Self {
-            batch_size: config.cleanup_batch_size,
-            session_max: TimeDelta::from_std(config.session_max_lifetime).unwrap_or(TimeDelta::MAX),
+            batch_size: sessions.cleanup.batch_size,
+            session_max: TimeDelta::from_std(sessions.session_max_lifetime)
+                .unwrap_or(TimeDelta::MAX),
         }
     }
 }

@@ -118,14 +118,14 @@ async fn run(cli: Cli, call_sampler: Option<CallSampler>) -> anyhow::Result<()> 
         }
         Command::Migrate => {
             let config = settings()?;
-            server::connect_and_migrate(&config).await?;
+            server::connect_and_migrate(&config.database).await?;
             println!("database is up to date");
             Ok(())
         }
         Command::Cleanup => {
             let config = settings()?;
-            let store = server::connect_and_migrate(&config).await?;
-            let report = cleanup::run_once(&store, cleanup::CleanupPolicy::from_config(&config))
+            let store = server::connect_and_migrate(&config.database).await?;
+            let report = cleanup::run_once(&store, cleanup::CleanupPolicy::new(&config.sessions))
                 .await
                 .context("while deleting ended rows")?;
             println!(
@@ -140,9 +140,9 @@ async fn run(cli: Cli, call_sampler: Option<CallSampler>) -> anyhow::Result<()> 
         }
         Command::User(command) => {
             let config = settings()?;
-            let store = server::connect_and_migrate(&config).await?;
-            let hasher = PasswordHasher::new(config.argon2, 1, 1)?;
-            let admin = UserAdmin::new(store, hasher, config.password_policy);
+            let store = server::connect_and_migrate(&config.database).await?;
+            let hasher = PasswordHasher::new(config.login.argon2, 1, 1)?;
+            let admin = UserAdmin::new(store, hasher, config.login.password_policy);
             match command {
                 UserCommand::Add {
                     email,

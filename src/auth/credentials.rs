@@ -4,31 +4,13 @@ use secrecy::{ExposeSecret, SecretString};
 use unicode_normalization::{IsNormalized, UnicodeNormalization as _, is_nfkc_quick};
 
 use super::AuthError;
+use crate::config::PasswordPolicy;
 
 /// Longest email accepted, in bytes (RFC 5321's path limit).
 const MAX_EMAIL_BYTES: usize = 254;
 /// Longest password accepted, in bytes: argon2 takes any length, but hashing megabytes on
 /// request would be a cheap denial of service. 256 characters of any script fit.
 const MAX_PASSWORD_BYTES: usize = 1024;
-/// The lowest `AUTH_PASSWORD_MIN_CHARS` allowed: SP 800-63B-4's floor for a password that is
-/// one factor of several.
-pub const MIN_PASSWORD_CHARS_FLOOR: usize = 8;
-
-/// What a new password must be, after SP 800-63B-4 (3.1.1.2) for a password used alone: long
-/// enough, counted in characters after normalisation; not on a list of common and breached
-/// passwords; no composition rules, and nothing truncated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PasswordPolicy {
-    /// `AUTH_PASSWORD_MIN_CHARS`: the fewest characters (Unicode code points, after NFKC).
-    pub min_chars: usize,
-}
-
-impl Default for PasswordPolicy {
-    fn default() -> Self {
-        Self { min_chars: 15 }
-    }
-}
-
 /// The rule a new password broke; its text names the rule, never the password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PasswordRule {

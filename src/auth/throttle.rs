@@ -13,13 +13,13 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AuthError;
+use crate::config::Backoff;
 
 /// Failures are forgotten after this long without a new one.
 pub const FAILURE_MEMORY: TimeDelta = TimeDelta::hours(24);
@@ -30,46 +30,6 @@ pub const KNOWN_CLIENT_MEMORY: TimeDelta = TimeDelta::days(30);
 
 /// At most this many addresses are tracked; past it, the quietest are forgotten first.
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
-
-/// `free_attempts` failures cost nothing; each one after doubles the delay from `base_delay`,
-/// up to `max_delay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Failures allowed before any delay.
-    pub free_attempts: u32,
-    /// The first delay.
-    pub base_delay: Duration,
-    /// The longest delay.
-    pub max_delay: Duration,
-}
-
-impl Backoff {
-    /// The delay imposed after `failures` consecutive failures.
-    pub fn delay(&self, failures: u32) -> TimeDelta {
-        let delay = match failures.checked_sub(self.free_attempts) {
-            None => Duration::ZERO,
-            Some(doublings) => self
-                .base_delay
-                .checked_mul(2u32.saturating_pow(doublings.min(31)))
-                .unwrap_or(self.max_delay)
-                .min(self.max_delay),
-        };
-        TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)
-    }
-
-    /// When the block imposed at `now` after `failures` failures ends. Within the free
-    /// attempts there is no block at all (the epoch): recording `now` instead would refuse, as
-    /// throttled, a login that began a moment before this failure was recorded.
-    pub fn block_end(&self, failures: u32, now: DateTime<Utc>) -> DateTime<Utc> {
-        let delay = self.delay(failures);
-        if delay > TimeDelta::zero() {
-            now.checked_add_signed(delay)
-                .unwrap_or(DateTime::<Utc>::MAX_UTC)
-        } else {
-            DateTime::<Utc>::UNIX_EPOCH
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -221,6 +181,8 @@ impl Drop for AccountTurn {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const BACKOFF: Backoff = Backoff {

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use super::{ConfigError, error};
+use super::{ConfigError, vars::error};
 
 /// Logging and tracing settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +56,7 @@ pub struct TraceSampler {
 impl Observability {
     /// Reads `AUTH_LOG_FORMAT` and the `OTEL_*` trace settings (after `.env`).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(super::environment())
+        Self::from_vars(super::vars::environment())
     }
 
     /// Builds the settings from `(name, value)` pairs; an empty value counts as unset.

@@ -23,7 +23,7 @@ use sea_orm::{
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
-use crate::config::Config;
+use crate::config::DatabaseSettings;
 
 /// A storage failure, classified once so the domain can answer UNAVAILABLE or INTERNAL.
 #[derive(Debug, thiserror::Error)]
@@ -197,18 +197,18 @@ impl Store {
     }
 
     /// Connects (creating the SQLite file and its folder if needed); does not migrate.
-    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
-        if let Some(file) = sqlite_file(&config.database_url) {
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        if let Some(file) = sqlite_file(&settings.url) {
             create_private(&file)?;
         }
-        let mut options = ConnectOptions::new(config.database_url.clone());
-        let lock_timeout = config.db_lock_timeout;
+        let mut options = ConnectOptions::new(settings.url.clone());
+        let lock_timeout = settings.lock_timeout;
         let lock_timeout_ms = lock_timeout.as_millis().to_string();
         options
-            .max_connections(config.db_max_connections)
+            .max_connections(settings.max_connections)
             .min_connections(0)
-            .acquire_timeout(config.db_acquire_timeout)
-            .connect_timeout(config.db_acquire_timeout)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_timeout(settings.acquire_timeout)
             // sqlx pings every connection it lends by default: a round trip before each
             // statement or transaction. Only a connection idle this long, which a server,
             // proxy or firewall may have dropped, is checked first; one that breaks in use
@@ -226,7 +226,7 @@ impl Store {
                 opts.options([("lock_timeout", lock_timeout_ms.as_str())])
             });
         let db = Database::connect(options).await?;
-        let write_turn = sqlite_file(&config.database_url).map(|_| WriteTurn {
+        let write_turn = sqlite_file(&settings.url).map(|_| WriteTurn {
             lock: Arc::default(),
             timeout: lock_timeout,
         });

@@ -1,7 +1,6 @@
 //! What operators see: Prometheus metrics at `/metrics` after real traffic, and JSON logs.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -170,7 +169,7 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
         );
     }
     let max = value(&samples, "authd_db_pool_max_connections", &[]);
-    assert_eq!(max, Some(f64::from(app.config.db_max_connections)));
+    assert_eq!(max, Some(f64::from(app.config.database.max_connections)));
     for state in ["idle", "in_use"] {
         let connections = value(&samples, "authd_db_pool_connections", &[("state", state)]);
         assert!(connections.is_some(), "no pool {state} gauge in\n{text}");

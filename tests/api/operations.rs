@@ -1,7 +1,6 @@
 //! What operators and orchestrators see: health, reflection, restarts, start-up errors, signals.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 

@@ -1,7 +1,6 @@
 //! Login: credentials in, a session and its first tokens out.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use authd::store::entity::{refresh_token, session};
 use common::{

@@ -1,9 +1,8 @@
 //! Arbitrary bytes and arbitrary field values sent to the real server: every answer is one of
 //! the documented statuses, and the server stays up. Raw HTTP/2 floods: one connection cannot
 //! hold more than its share.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! TLS and mutual TLS on the gRPC port, with a CA and certificates made by the test.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use authd::{
     config::Config,

@@ -1,6 +1,6 @@
 //! The real `authd` binary as a child process: for the CLI, start-up failures, signals and
 //! tests that need several server processes on one database.
-#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(unreachable_pub)]
 
 use std::{
     net::SocketAddr,

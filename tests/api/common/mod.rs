@@ -1,7 +1,6 @@
 //! Shared test support: a real authd per test on a free loopback port, a fresh database per
 //! test on SQLite or PostgreSQL, and a real tonic client. Logs only with `TEST_LOG=1`.
-#![allow(dead_code)] // each test binary uses its own part of this module
-#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(unreachable_pub)]
 
 pub mod postgres;
 pub mod process;
@@ -188,9 +187,11 @@ impl TestApp {
 }
 
 async fn user_admin(config: &Config) -> UserAdmin {
-    let store = server::connect_and_migrate(config).await.expect("store");
-    let hasher = PasswordHasher::new(config.argon2, 1, 1).expect("hasher");
-    UserAdmin::new(store, hasher, config.password_policy)
+    let store = server::connect_and_migrate(&config.database)
+        .await
+        .expect("store");
+    let hasher = PasswordHasher::new(config.login.argon2, 1, 1).expect("hasher");
+    UserAdmin::new(store, hasher, config.login.password_policy)
 }
 
 /// Adds a user to a test database, as `authd user add` would, hashing at test cost.

@@ -1,7 +1,6 @@
 //! The clean-up of expired rows: exactly the expired ones go, in batches, on schedule.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeSet, time::Duration};
 

@@ -1,7 +1,6 @@
 //! The `authd` command line: migrations and user administration.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::{Backend, PASSWORD, TestApp, TestDatabase, assert_status, process::run_authd};
 use tonic::Code;

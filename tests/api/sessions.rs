@@ -1,8 +1,7 @@
 //! The refresh-token life cycle: rotation, reuse detection, logout, revocation seen by
 //! Validate, restarts.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{

@@ -1,8 +1,7 @@
 //! Signing keys: generation, rotation with verify-only keys, and the published JWKS that lets
 //! any JWT library verify authd's tokens.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 

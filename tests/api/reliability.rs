@@ -1,8 +1,7 @@
 //! Faults injected for real: a database that goes away, a server killed with SIGKILL, a
 //! SIGTERM with calls in flight, clients that give up mid-call.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{

@@ -1,8 +1,7 @@
 //! Upgrading keeps every live session: a database written by the previous release (one
 //! refresh-token row per rotation), migrated by the current one, then served.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use authd::store::entity::legacy_refresh_token;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -216,10 +215,10 @@ async fn the_clean_up_removes_what_the_previous_release_left_behind(backend: Bac
     let before = row_counts(&app.db).await;
     assert_eq!(before["legacy_refresh_tokens"], 5);
 
-    let store = authd::server::connect_and_migrate(&app.config)
+    let store = authd::server::connect_and_migrate(&app.config.database)
         .await
         .unwrap();
-    let policy = authd::cleanup::CleanupPolicy::from_config(&app.config);
+    let policy = authd::cleanup::CleanupPolicy::new(&app.config.sessions);
     let report = authd::cleanup::run_once(&store, policy).await.unwrap();
     assert_eq!((report.sessions, report.legacy_refresh_tokens), (0, 2));
     let after = row_counts(&app.db).await;

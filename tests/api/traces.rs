@@ -1,8 +1,7 @@
 //! OpenTelemetry traces, received by a real OTLP/gRPC receiver (tonic with the
 //! `opentelemetry-proto` service) from the real `authd` binary.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -1,8 +1,7 @@
 //! Security hardening: session lifetime, bounded requests and hashing, rehash, set-password,
 //! login throttling.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -775,7 +774,7 @@ async fn the_parameter_sets_of_stored_hashes_are_read_from_the_database(backend:
         let email = format!("user{n}@example.com");
         common::add_user_with(&app.db, &params, &email, PASSWORD).await;
     }
-    let store = authd::server::connect_and_migrate(&app.config)
+    let store = authd::server::connect_and_migrate(&app.config.database)
         .await
         .unwrap();
     let mut prefixes = store.password_hash_prefixes().await.unwrap();

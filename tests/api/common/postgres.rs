@@ -1,5 +1,5 @@
 //! Fresh databases for tests: a temporary SQLite file, or a new PostgreSQL database on the
-#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(unreachable_pub)]
 //! server named by `AUTH_TEST_POSTGRES_URL`, else the one at 127.0.0.1:5432, else a throwaway
 //! server started from the installed binaries. Nothing is downloaded; a missing PostgreSQL
 //! fails the test instead of skipping it.

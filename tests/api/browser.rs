@@ -1,8 +1,7 @@
 //! Browsers: a real headless Chromium logs in through gRPC-Web, refreshes with nothing but its
 //! HttpOnly cookie, and logs out. Page scripts never see the refresh token.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -21,7 +20,7 @@ on_both_backends!(
     grpc_web_answers_set_the_cookie_with_its_attributes,
 );
 
-const PAGE: &str = include_str!("assets/grpc_web_page.html");
+const PAGE: &str = include_str!("../assets/grpc_web_page.html");
 const EMAIL: &str = "browser@example.com";
 
 /// Debian's Chromium (`.ci/run` installs it); `AUTHD_TEST_CHROMIUM` names another.
@@ -207,7 +206,7 @@ async fn grpc_web_answers_set_the_cookie_with_its_attributes(backend: Backend) {
     let logged_in = LoginResponse::decode(message.as_slice()).unwrap();
     assert_eq!(logged_in.refresh_token, "");
     let cookie = set_cookie(&head);
-    let max_age = app.config.refresh_token_ttl.as_secs();
+    let max_age = app.config.sessions.refresh_token_ttl.as_secs();
     let (pair, attributes) = cookie.split_once("; ").unwrap();
     assert_eq!(
         attributes,

@@ -1,7 +1,6 @@
 //! Validate: only well-formed, correctly signed, current access tokens of this issuer pass.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
 //! The client examples in `examples/` run against a live authd, so they cannot rot.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, process::Output, time::Duration};
 

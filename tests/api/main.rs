@@ -1,0 +1,23 @@
+//! Every integration test, in one binary: the shared support in `common` compiles once, and each
+//! module below tests one part of authd over a real socket, on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod common;
+
+mod browser;
+mod cleanup;
+mod cli;
+mod examples;
+mod hostile_input;
+mod keys;
+mod login;
+mod observability;
+mod operations;
+mod reliability;
+mod security;
+mod sessions;
+mod tls;
+mod traces;
+mod upgrade;
+mod validate;
