@@ -10,6 +10,7 @@ macro_rules! audit {
 mod access_token;
 mod credentials;
 mod error;
+mod key_files;
 mod login;
 mod password;
 mod refresh;
@@ -24,12 +25,12 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-pub use access_token::{
-    Acceptance, AccessClaims, KeyError, TokenKeys, generate_key_file, load_signing_key,
-    load_verification_key, read_private,
-};
+pub use access_token::{Acceptance, AccessClaims, TokenKeys};
 pub use credentials::{Email, Password, PasswordRule};
 pub use error::AuthError;
+pub use key_files::{
+    KeyError, generate_key_file, load_signing_key, load_verification_key, read_private,
+};
 pub use login::LoginClient;
 pub use password::{PasswordHasher, Verification};
 pub use refresh::Lifetimes;

@@ -5,28 +5,23 @@
 //! of MiB. Instead each hashing thread keeps one buffer and reuses it, so memory is bounded by
 //! `concurrency x memory_kib` and no page is faulted in twice.
 
+mod phc;
+mod threads;
+
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use argon2::{
-    Algorithm, Argon2, Block, Params, PasswordHash, Version,
-    password_hash::{Output, ParamsString, SaltString},
-};
-use tokio::sync::{mpsc, oneshot};
-use tracing::Span;
+use argon2::Params;
 
 use super::{AuthError, credentials::Password};
 use crate::config::Argon2Settings;
-
-/// Length of a new hash's output, in bytes.
-const OUTPUT_LEN: usize = 32;
-/// Length of a new hash's salt, in bytes.
-const SALT_LEN: usize = 16;
+use phc::{OUTPUT_LEN, SALT_LEN, argon2id, params_of, phc_string, random, verify_phc};
+use threads::HashingThreads;
 
 /// The outcome of checking a password.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,15 +34,12 @@ pub enum Verification {
     MatchRehashed(String),
 }
 
-/// Work for a hashing thread: runs with that thread's reusable memory.
-type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
-
 /// Hashes and verifies passwords on `concurrency` dedicated threads, so a burst of logins
 /// never starves the async runtime and never holds more than `concurrency` hashes' memory.
 #[derive(Clone)]
 pub struct PasswordHasher {
     params: Params,
-    jobs: mpsc::Sender<Job>,
+    threads: HashingThreads,
     /// Verified against when the email is unknown (or the user disabled): made with the
     /// costliest parameters in use, see [`PasswordHasher::cover`].
     dummy_hash: Arc<str>,
@@ -79,20 +71,12 @@ impl PasswordHasher {
             Some(OUTPUT_LEN),
         )
         .map_err(internal)?;
-        let (jobs, queue) = mpsc::channel::<Job>(queue.max(1));
-        let queue = Arc::new(Mutex::new(queue));
-        for n in 0..concurrency {
-            let queue = Arc::clone(&queue);
-            std::thread::Builder::new()
-                .name(format!("argon2-{n}"))
-                .spawn(move || hashing_thread(&queue))
-                .map_err(internal)?;
-        }
+        let threads = HashingThreads::start(concurrency, queue)?;
         // Random salt and output: verifying against it costs a full hash and never matches.
         let dummy_hash = phc_string(&params, &random::<SALT_LEN>()?, &random::<OUTPUT_LEN>()?)?;
         Ok(Self {
             params,
-            jobs,
+            threads,
             dummy_hash: dummy_hash.into(),
             failure_floor: Arc::default(),
         })
@@ -131,19 +115,20 @@ impl PasswordHasher {
     #[tracing::instrument(target = "authd::hash", name = "argon2id hash", skip_all)]
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
         let params = self.params.clone();
-        self.run(move |memory| {
-            let salt = random::<SALT_LEN>()?;
-            let mut output = [0u8; OUTPUT_LEN];
-            argon2id(
-                &params,
-                password.forms().normalised(),
-                &salt,
-                &mut output,
-                memory,
-            )?;
-            phc_string(&params, &salt, &output)
-        })
-        .await?
+        self.threads
+            .run(move |memory| {
+                let salt = random::<SALT_LEN>()?;
+                let mut output = [0u8; OUTPUT_LEN];
+                argon2id(
+                    &params,
+                    password.forms().normalised(),
+                    &salt,
+                    &mut output,
+                    memory,
+                )?;
+                phc_string(&params, &salt, &output)
+            })
+            .await?
     }
 
     /// Whether `password` matches `stored` (a PHC string), compared in constant time. With
@@ -164,6 +149,7 @@ impl PasswordHasher {
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let params = self.params.clone();
         let (verification, took, checks) = self
+            .threads
             .run(move |memory| {
                 let started = Instant::now();
                 let forms = password.forms();
@@ -215,177 +201,6 @@ impl PasswordHasher {
                 })
             });
     }
-
-    /// Runs `work` on a hashing thread. A full queue answers [`AuthError::Overloaded`] at once:
-    /// waiting callers would otherwise pile up without bound.
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
-    ) -> Result<T, AuthError> {
-        let (done, result) = oneshot::channel();
-        let span = Span::current();
-        let job: Job = Box::new(move |memory| {
-            let _ = done.send(span.in_scope(|| work(memory)));
-        });
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => AuthError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => internal("the hashing threads have stopped"),
-        })?;
-        result.await.map_err(internal)
-    }
-}
-
-/// Takes jobs until every sender is gone; the buffer grows to the largest hash seen.
-/// Hashing runs below everything else (Linux: SCHED_IDLE; elsewhere the lowest priority): a
-/// login flood must not take CPU from the async runtime, where Validate and Refresh need
-/// microseconds. Logins wait for argon2 either way. Lowering one's own priority needs no
-/// privilege; should it fail, the thread hashes at normal priority and says so.
-fn lower_own_priority() {
-    use thread_priority::ThreadPriority;
-    #[cfg(target_os = "linux")]
-    let lowered = thread_priority::set_thread_priority_and_policy(
-        thread_priority::thread_native_id(),
-        ThreadPriority::Min,
-        thread_priority::ThreadSchedulePolicy::Normal(
-            thread_priority::NormalThreadSchedulePolicy::Idle,
-        ),
-    );
-    #[cfg(not(target_os = "linux"))]
-    let lowered = thread_priority::set_current_thread_priority(ThreadPriority::Min);
-    if let Err(e) = lowered {
-        tracing::warn!(error = %e, "could not lower the hashing thread's priority");
-    }
-}
-
-fn hashing_thread(queue: &Mutex<mpsc::Receiver<Job>>) {
-    lower_own_priority();
-    let mut memory = Vec::new();
-    loop {
-        // Only the idle thread that holds the lock waits on the queue; the others wait for the
-        // lock. A poisoned lock means a job panicked while receiving: keep serving.
-        let job = queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .blocking_recv();
-        match job {
-            Some(job) => job(&mut memory),
-            None => return,
-        }
-    }
-}
-
-/// argon2 of `password` and `salt` under `params` into `output`, in `memory`, which is wiped
-/// afterwards.
-fn argon2id_with(
-    algorithm: Algorithm,
-    version: Version,
-    params: &Params,
-    password: &[u8],
-    salt: &[u8],
-    output: &mut [u8],
-    memory: &mut Vec<Block>,
-) -> Result<(), AuthError> {
-    let blocks = params.block_count();
-    if memory.len() < blocks {
-        memory.resize(blocks, Block::default());
-    }
-    let result = Argon2::new(algorithm, version, params.clone())
-        .hash_password_into_with_memory(password, salt, output, &mut memory[..blocks])
-        .map_err(internal);
-    memory[..blocks].fill(Block::default());
-    result
-}
-
-fn argon2id(
-    params: &Params,
-    password: &[u8],
-    salt: &[u8],
-    output: &mut [u8],
-    memory: &mut Vec<Block>,
-) -> Result<(), AuthError> {
-    argon2id_with(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        params,
-        password,
-        salt,
-        output,
-        memory,
-    )
-}
-
-/// Recomputes a stored hash with its own algorithm, version and parameters; also says whether
-/// those are the `configured` ones.
-fn verify_phc(
-    phc: &str,
-    password: &[u8],
-    configured: &Params,
-    memory: &mut Vec<Block>,
-) -> Result<(bool, bool), AuthError> {
-    let parsed = PasswordHash::new(phc).map_err(internal)?;
-    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(internal)?;
-    let version = parsed
-        .version
-        .map(Version::try_from)
-        .transpose()
-        .map_err(internal)?
-        .unwrap_or_default();
-    let params = Params::try_from(&parsed).map_err(internal)?;
-    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
-        return Err(internal("stored hash lacks a salt or an output"));
-    };
-    let mut salt_buffer = [0u8; 64];
-    let salt = salt.decode_b64(&mut salt_buffer).map_err(internal)?;
-    let mut output = vec![0u8; expected.len()];
-    argon2id_with(
-        algorithm,
-        version,
-        &params,
-        password,
-        salt,
-        &mut output,
-        memory,
-    )?;
-    let current = algorithm == Algorithm::Argon2id
-        && version == Version::V0x13
-        && (params.m_cost(), params.t_cost(), params.p_cost())
-            == (
-                configured.m_cost(),
-                configured.t_cost(),
-                configured.p_cost(),
-            );
-    // `Output`'s equality is constant-time.
-    Ok((Output::new(&output).map_err(internal)? == expected, current))
-}
-
-/// The parameters of a PHC prefix (`$argon2id$v=19$m=19456,t=2,p=1`).
-fn params_of(prefix: &str) -> Option<Params> {
-    // Without its own memory cost the parse below would fall back to the defaults.
-    if !prefix.rsplit('$').next()?.contains("m=") {
-        return None;
-    }
-    let salt = SaltString::encode_b64(&[0; SALT_LEN]).ok()?;
-    let phc = format!("{prefix}${}", salt.as_str());
-    let parsed = PasswordHash::new(&phc).ok()?;
-    Params::try_from(&parsed).ok()
-}
-
-fn phc_string(params: &Params, salt: &[u8], output: &[u8]) -> Result<String, AuthError> {
-    let salt = SaltString::encode_b64(salt).map_err(internal)?;
-    let hash = PasswordHash {
-        algorithm: Algorithm::Argon2id.ident(),
-        version: Some(Version::V0x13.into()),
-        params: ParamsString::try_from(params).map_err(internal)?,
-        salt: Some(salt.as_salt()),
-        hash: Some(Output::new(output).map_err(internal)?),
-    };
-    Ok(hash.to_string())
-}
-
-fn random<const N: usize>() -> Result<[u8; N], AuthError> {
-    let mut bytes = [0u8; N];
-    getrandom::getrandom(&mut bytes).map_err(internal)?;
-    Ok(bytes)
 }
 
 fn internal(err: impl std::fmt::Display) -> AuthError {
@@ -394,7 +209,7 @@ fn internal(err: impl std::fmt::Display) -> AuthError {
 
 #[cfg(test)]
 mod tests {
-    use argon2::PasswordVerifier as _;
+    use argon2::{Argon2, PasswordHash, PasswordVerifier as _, password_hash::SaltString};
 
     use super::*;
 
@@ -405,27 +220,6 @@ mod tests {
             parallelism: 1,
         };
         PasswordHasher::new(settings, 2, 8).unwrap()
-    }
-
-    /// The calling thread's scheduling policy (field 41 of its `stat`).
-    #[cfg(target_os = "linux")]
-    fn own_scheduling_policy() -> u32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // The command name may hold spaces; the fields after its closing parenthesis do not.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        fields[38].parse().unwrap()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn hashing_runs_below_the_async_runtime() {
-        const SCHED_IDLE: u32 = 5;
-        let runtime = own_scheduling_policy();
-        let hashing = cheap().run(|_| own_scheduling_policy()).await.unwrap();
-        assert_eq!(
-            hashing, SCHED_IDLE,
-            "the runtime thread has policy {runtime}"
-        );
     }
 
     fn pw(s: &str) -> Password {
@@ -526,16 +320,6 @@ mod tests {
             Verification::Mismatch,
             "only the form once typed matches an old hash"
         );
-    }
-
-    #[test]
-    fn a_phc_prefix_gives_its_parameters() {
-        let params = params_of("$argon2id$v=19$m=19456,t=2,p=1").unwrap();
-        assert_eq!(
-            (params.m_cost(), params.t_cost(), params.p_cost()),
-            (19456, 2, 1)
-        );
-        assert!(params_of("$argon2id$v=19$garbage").is_none());
     }
 
     /// The dummy takes the costliest parameters in use, and a wrong password on a cheaper

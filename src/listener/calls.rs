@@ -1,0 +1,183 @@
+//! Calls in flight per connection, counted for the idle timeout.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tonic::transport::server::TcpConnectInfo;
+
+/// The calls in flight on one connection, and since when none has been.
+#[derive(Debug)]
+pub struct Calls {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` when the last call ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for Calls {
+    fn default() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Calls {
+    /// Counts a call as in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> CallInFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        CallInFlight(Arc::clone(self))
+    }
+
+    /// When the connection became idle, or `None` while a call is in flight.
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::SeqCst) == 0)
+            .then(|| self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst)))
+    }
+}
+
+/// One call in flight on a connection; dropping it ends the call.
+#[derive(Debug)]
+pub struct CallInFlight(Arc<Calls>);
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        let since_opened = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(since_opened, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What each request on a connection carries about it: its addresses, and its call count.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The addresses, as tonic's own listener reports them.
+    pub tcp: TcpConnectInfo,
+    /// The connection's calls in flight.
+    pub calls: Arc<Calls>,
+}
+
+/// Counts each request as a call in flight on its connection until its response body has
+/// been sent (or dropped), for the idle timeout. Finds the connection in the request's
+/// extensions as tonic (plain or TLS) and axum put it there, and gives tonic's own
+/// [`TcpConnectInfo`] back, so `Request::remote_addr` keeps working.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackCallsLayer;
+
+impl<S> tower::Layer<S> for TrackCallsLayer {
+    type Service = TrackCalls<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrackCalls { inner }
+    }
+}
+
+/// See [`TrackCallsLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackCalls<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for TrackCalls<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<TrackedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let extensions = request.extensions();
+        let info = extensions
+            .get::<ConnectionInfo>()
+            .or_else(|| {
+                extensions
+                    .get::<tonic::transport::server::TlsConnectInfo<ConnectionInfo>>()
+                    .map(|tls| tls.get_ref())
+            })
+            .or_else(|| {
+                extensions
+                    .get::<axum::extract::ConnectInfo<ConnectionInfo>>()
+                    .map(|axum| &axum.0)
+            })
+            .cloned();
+        let call = info.map(|info| {
+            let call = info.calls.begin();
+            request.extensions_mut().insert(info.tcp);
+            call
+        });
+        TrackedFuture {
+            inner: self.inner.call(request),
+            call,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response on its way, with its call still counted.
+    #[derive(Debug)]
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<CallInFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let call = this.call.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, _call: call })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body; the call ends when it is dropped.
+    #[derive(Debug)]
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _call: Option<CallInFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,144 @@
+//! Accepting connections under bounds, for the gRPC and the HTTP listener alike.
+//!
+//! Every connection holds a slot of its listener's [`ConnectionLimits::max_connections`] for
+//! as long as it is open; with none free the listener stops accepting, and new peers wait in
+//! the kernel's backlog instead of taking descriptors the pool and the key files need. A new
+//! connection must send its whole opening within the handshake timeout: the HTTP/2 preface,
+//! or an HTTP/1 request head up to its empty line, so a peer that connects and says nothing,
+//! or trickles a request line, cannot hold a slot. A connection with no call in flight for
+//! the idle timeout is closed: calls are counted by [`TrackCallsLayer`] through the
+//! [`ConnectionInfo`] each request carries. A failed `accept` (EMFILE, ENFILE) is
+//! retried after a growing pause instead of at once.
+
+mod calls;
+mod stream;
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use calls::{
+    CallInFlight, Calls, ConnectionInfo, TrackCalls, TrackCallsLayer, TrackedBody, TrackedFuture,
+};
+pub use stream::BoundedStream;
+
+/// The longest pause after a failed `accept`.
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// What one listener admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more wait in the backlog.
+    pub max_connections: usize,
+    /// How long a new connection has to send its HTTP/2 preface or its first HTTP/1 head.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open with no call in flight.
+    pub idle_timeout: Duration,
+}
+
+/// A listener that admits at most [`ConnectionLimits::max_connections`] at once.
+#[derive(Debug)]
+pub struct BoundedListener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl BoundedListener {
+    /// Bounds `listener` by `limits`.
+    pub fn new(listener: TcpListener, limits: ConnectionLimits) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    /// The next connection, once a slot is free; accept failures are retried after a pause.
+    pub async fn next(&self) -> BoundedStream {
+        let slot = match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(slot) => slot,
+            // The semaphore is never closed; should it be, nothing more is accepted.
+            Err(_) => std::future::pending().await,
+        };
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    // Without it, a response written in two segments waits for the client's
+                    // delayed ACK: a flat 40 ms per call, measured. (tonic's own listener
+                    // sets it too; connections to tonic come from here instead.)
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "TCP_NODELAY refused; connection dropped");
+                        continue;
+                    }
+                    return BoundedStream::new(
+                        stream,
+                        peer,
+                        slot,
+                        self.handshake_timeout,
+                        self.idle_timeout,
+                    );
+                }
+                // The peer gave up before it was accepted: nothing to wait for.
+                Err(error) if is_connection_error(&error) => {}
+                Err(error) => {
+                    tracing::warn!(%error, ?pause, "accept failed; retrying after a pause");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_ACCEPT_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// The connections as a stream, for tonic's `serve_with_incoming`: a task accepts them
+    /// and ends when the server drops the stream.
+    pub fn into_stream(self) -> ReceiverStream<io::Result<BoundedStream>> {
+        let (sender, receiver) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let connection = self.next().await;
+                if sender.send(Ok(connection)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let connection = self.next().await;
+        let peer = connection.peer();
+        (connection, peer)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Errors of one connection, not of the listener (as hyper and axum classify them).
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Raises this process's descriptor limit to its hard limit; returns the limit now in force.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
