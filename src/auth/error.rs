@@ -56,10 +56,6 @@ pub enum AuthError {
         /// How long until the next attempt is allowed.
         retry_after: std::time::Duration,
     },
-    /// RESOURCE_EXHAUSTED (REQUEST_TOO_LARGE): the request message exceeds
-    /// `AUTH_MAX_REQUEST_BYTES`; it was refused before decoding.
-    #[error("request too large")]
-    RequestTooLarge,
     /// RESOURCE_EXHAUSTED (OVERLOADED): every hashing thread is busy and the queue is full;
     /// retry after a moment.
     #[error("too many logins in progress; retry shortly")]

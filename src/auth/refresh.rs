@@ -11,7 +11,9 @@ use super::{
     AuthError, Authenticator, Issued, IssuedTokens, RefreshToken,
     refresh_token::{Opened, SessionSecret, random_secret},
 };
-use crate::store::{self, Credential, RefreshClock, RefreshState, RevokedReason, Rotated};
+use crate::store::{
+    self, Credential, RefreshClock, RefreshState, RevokedReason, Rotated, RotationOutcome,
+};
 
 /// How long refresh tokens and sessions live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,24 +137,26 @@ impl Authenticator {
             secret_hash: presented.secret_hash(),
         };
         let expires_at = self.lifetimes.token_expiry(clock.now);
-        let rotated = self
+        let outcome = self
             .store
             .rotate(&credential, clock, secret_hash(&successor), expires_at)
             .await?;
-        let Some(rotated) = rotated else {
-            let state = self.store.refresh_state(presented.session_id).await?;
-            let window = self.grace.as_ref().map(|grace| grace.window);
-            return match judge(
-                &presented,
-                state.as_ref(),
-                clock.now,
-                self.lifetimes,
-                window,
-            ) {
-                Verdict::Refuse(error) => Err(error),
-                Verdict::Reuse => self.reused(presented.session_id).await,
-                Verdict::GraceRetry => self.grace_retry(&presented, clock).await,
-            };
+        let rotated = match outcome {
+            RotationOutcome::Rotated(rotated) => rotated,
+            RotationOutcome::Refused(state) => {
+                let window = self.grace.as_ref().map(|grace| grace.window);
+                return match judge(
+                    &presented,
+                    state.as_ref(),
+                    clock.now,
+                    self.lifetimes,
+                    window,
+                ) {
+                    Verdict::Refuse(error) => Err(error),
+                    Verdict::Reuse => self.reused(presented.session_id).await,
+                    Verdict::GraceRetry => self.grace_retry(&presented, clock).await,
+                };
+            }
         };
         let generation = presented.generation + 1;
         audit!(event = "refresh", user_id = %rotated.user_id, session_id = %presented.session_id);

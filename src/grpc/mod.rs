@@ -228,7 +228,7 @@ pub fn oversized_is_resource_exhausted(
         .get(GRPC_STATUS)
         .is_some_and(|code| code.as_bytes() == b"11");
     if out_of_range {
-        Status::from(AuthError::RequestTooLarge).into_http()
+        status::request_too_large().into_http()
     } else {
         response
     }

@@ -29,7 +29,6 @@ impl From<AuthError> for Status {
             AuthError::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
             AuthError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
             AuthError::Throttled { .. } => (Code::ResourceExhausted, "LOGIN_THROTTLED"),
-            AuthError::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
             AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
         };
@@ -53,6 +52,17 @@ pub(super) fn calls_shed() -> Status {
         "OVERLOADED",
         "too many calls in progress; retry shortly".to_owned(),
         Some(OVERLOAD_RETRY_DELAY),
+    )
+}
+
+/// RESOURCE_EXHAUSTED (`REQUEST_TOO_LARGE`): the request message exceeds
+/// `AUTH_MAX_REQUEST_BYTES`; it was refused before decoding.
+pub(super) fn request_too_large() -> Status {
+    status(
+        Code::ResourceExhausted,
+        "REQUEST_TOO_LARGE",
+        "request too large".to_owned(),
+        None,
     )
 }
 
