@@ -2,7 +2,9 @@
 
 use crate::common;
 
-use common::{Backend, PASSWORD, TestApp, TestDatabase, assert_status, process::run_authd};
+use common::{
+    Backend, PASSWORD, TestApp, TestDatabase, assert_refused, assert_status, process::run_authd,
+};
 use tonic::Code;
 
 on_both_backends!(
@@ -144,6 +146,9 @@ async fn a_user_disabled_by_the_cli_can_no_longer_log_in(backend: Backend) {
     assert!(!unknown.status.success());
 
     let app = TestApp::spawn_on(db, &[]).await;
-    let status = app.login("alice@example.com", PASSWORD).await.unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert_refused(
+        app.login("alice@example.com", PASSWORD).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
 }

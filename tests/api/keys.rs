@@ -6,7 +6,8 @@ use crate::common;
 use std::os::unix::fs::PermissionsExt as _;
 
 use common::{
-    Backend, PASSWORD, TestApp, TestDatabase, assert_status, http_get, process::run_authd, validate,
+    Backend, PASSWORD, TestApp, TestDatabase, assert_refused, http_get, process::run_authd,
+    validate,
 };
 use tonic::Code;
 
@@ -99,10 +100,11 @@ async fn a_rotated_out_key_verifies_while_listed_and_fails_once_removed(backend:
 
     let db = app.stop().await;
     let app = TestApp::spawn_on(db, &rotated[..1]).await;
-    let status = validate(&app.client, &login.access_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+    assert_refused(
+        validate(&app.client, &login.access_token).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
     validate(&app.client, &fresh.access_token)
         .await
         .expect("new token still valid");

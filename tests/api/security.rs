@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use authd::store::entity::session;
 use common::{
-    Backend, PASSWORD, TestApp, assert_status, eventually, login,
+    Backend, PASSWORD, TestApp, assert_refused, assert_status, eventually, login,
     process::{AuthdProcess, run_authd},
     refresh, validate,
 };
@@ -58,14 +58,16 @@ async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend
     let third = refresh(&app.client, &second.refresh_token)
         .await
         .expect("chain goes on");
-    let status = refresh(&app.client, &first.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
-    let status = refresh(&app.client, &third.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    assert_refused(
+        refresh(&app.client, &first.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    assert_refused(
+        refresh(&app.client, &third.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
 
     if let Some(dir) = app.db.sqlite_dir() {
         let db = std::fs::read(dir.join("authd.db")).unwrap();
@@ -97,10 +99,11 @@ async fn within_the_reuse_grace_a_second_retry_is_reuse(backend: Backend) {
         "the retry is counted: {metrics}"
     );
 
-    let again = refresh(&app.client, &first.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&again, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+    assert_refused(
+        refresh(&app.client, &first.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
     common::assert_session_revoked(&app.client, &second.refresh_token, &retried.access_token).await;
 }
 
@@ -117,14 +120,16 @@ async fn after_the_reuse_grace_a_retry_revokes_the_session(backend: Backend) {
         },
     )
     .await;
-    let status = refresh(&app.client, &first.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
-    let status = refresh(&app.client, &second.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    assert_refused(
+        refresh(&app.client, &first.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    assert_refused(
+        refresh(&app.client, &second.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
 }
 
 async fn stored_hash(app: &TestApp) -> String {
@@ -171,10 +176,11 @@ async fn a_login_rehashes_a_password_made_with_other_parameters(backend: Backend
             .starts_with("$argon2id$v=19$m=256,t=1,p=1$")
     );
 
-    let status = login(&app.client, "alice@example.com", "wrong password")
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert_refused(
+        login(&app.client, "alice@example.com", "wrong password").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
     assert!(
         stored_hash(&app).await.contains("m=256"),
         "a failed login changes nothing"
@@ -226,10 +232,11 @@ async fn a_hash_made_before_passwords_were_normalised_logs_in_and_is_rehashed(ba
     row.password_hash = sea_orm::ActiveValue::Set(old.clone());
     sea_orm::ActiveModelTrait::update(row, &db).await.unwrap();
 
-    let status = login(&app.client, "alice@example.com", NFC)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert_refused(
+        login(&app.client, "alice@example.com", NFC).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
     assert_eq!(
         stored_hash(&app).await,
         old,
@@ -297,16 +304,18 @@ async fn an_oversized_request_is_refused_and_the_server_stays_healthy() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     app.add_user("alice@example.com", PASSWORD).await;
     for size in [20 * 1024, 1024 * 1024] {
-        let status = login(&app.client, &"a".repeat(size), PASSWORD)
-            .await
-            .unwrap_err();
-        assert_status(&status, Code::ResourceExhausted, "REQUEST_TOO_LARGE");
+        assert_refused(
+            login(&app.client, &"a".repeat(size), PASSWORD).await,
+            Code::ResourceExhausted,
+            "REQUEST_TOO_LARGE",
+        );
     }
     // Just under the limit is an ordinary (invalid) request.
-    let status = login(&app.client, &"a".repeat(15 * 1024), PASSWORD)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_refused(
+        login(&app.client, &"a".repeat(15 * 1024), PASSWORD).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     common::wait_for_health(app.addr, ServingStatus::Serving, Duration::from_secs(5)).await;
     login(&app.client, "alice@example.com", PASSWORD)
         .await
@@ -379,10 +388,11 @@ async fn a_session_cannot_refresh_past_its_max_lifetime(backend: Backend) {
         (chrono::Utc::now() > stored.created_at + chrono::TimeDelta::seconds(3)).then_some(())
     })
     .await;
-    let status = refresh(&app.client, &rotated.refresh_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_EXPIRED");
+    assert_refused(
+        refresh(&app.client, &rotated.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_EXPIRED",
+    );
 }
 
 const THROTTLE: [(&str, &str); 4] = [
@@ -424,10 +434,11 @@ async fn failed_logins_throttle_the_account_with_growing_delays(backend: Backend
     app.add_user("bob@example.com", PASSWORD).await;
 
     for _ in 0..2 {
-        let status = login(&app.client, "alice@example.com", "wrong")
-            .await
-            .unwrap_err();
-        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        assert_refused(
+            login(&app.client, "alice@example.com", "wrong").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
     }
     // Now even the right password waits: nothing is checked until the delay has passed.
     let first = retry_delay(
@@ -470,10 +481,11 @@ async fn failed_logins_throttle_the_account_with_growing_delays(backend: Backend
     first_unthrottled(&app, "alice@example.com", PASSWORD)
         .await
         .expect("right password");
-    let status = login(&app.client, "alice@example.com", "wrong")
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    assert_refused(
+        login(&app.client, "alice@example.com", "wrong").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
 }
 
 /// Address throttling alone: 3 free failures per address, then 10 s.
@@ -519,10 +531,11 @@ async fn a_stated_client_address_is_throttled_and_the_gateway_is_not(backend: Ba
     app.add_user("alice@example.com", PASSWORD).await;
     for n in 0..3 {
         let email = format!("guess{n}@example.com");
-        let status = login_via(&app, &email, "wrong", Some("203.0.113.7"), None)
-            .await
-            .unwrap_err();
-        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        assert_refused(
+            login_via(&app, &email, "wrong", Some("203.0.113.7"), None).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
     }
     let status = login_via(
         &app,
@@ -551,10 +564,11 @@ async fn a_stated_client_address_is_throttled_and_the_gateway_is_not(backend: Ba
     // address unless AUTH_LOGIN_THROTTLE_PEER asks for it.
     for n in 0..5 {
         let email = format!("peer{n}@example.com");
-        let status = login_via(&app, &email, "wrong", None, None)
-            .await
-            .unwrap_err();
-        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        assert_refused(
+            login_via(&app, &email, "wrong", None, None).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
     }
     login_via(&app, "alice@example.com", PASSWORD, None, None)
         .await
@@ -610,10 +624,11 @@ async fn behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing(backend: B
     for n in 0..3 {
         let spoofed = format!("198.51.100.{}, 203.0.113.7", n + 10);
         let email = format!("guess{n}@example.com");
-        let status = login_via(&app, &email, "wrong", None, Some(&spoofed))
-            .await
-            .unwrap_err();
-        assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        assert_refused(
+            login_via(&app, &email, "wrong", None, Some(&spoofed)).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
     }
     let as_victim = "198.51.100.2, 203.0.113.7";
     let status = login_via(&app, "alice@example.com", PASSWORD, None, Some(as_victim))
@@ -755,14 +770,16 @@ async fn a_guessing_flood_does_not_lock_the_owner_out_of_a_known_address(backend
         "an unknown address still meets the block, not reset by the owner's login"
     );
 
-    let status = login_via(&app, "alice@example.com", "guess", Some(OWNER), None)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
-    let status = login_via(&app, "alice@example.com", PASSWORD, Some(OWNER), None)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::ResourceExhausted, "LOGIN_THROTTLED");
+    assert_refused(
+        login_via(&app, "alice@example.com", "guess", Some(OWNER), None).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    assert_refused(
+        login_via(&app, "alice@example.com", PASSWORD, Some(OWNER), None).await,
+        Code::ResourceExhausted,
+        "LOGIN_THROTTLED",
+    );
 }
 
 /// What the hasher's dummy is sized by at start: every distinct parameter set of the stored

@@ -7,7 +7,7 @@ use authd::store::entity::legacy_refresh_token;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{
-    Backend, TestApp, TestDatabase, assert_status, refresh,
+    Backend, TestApp, TestDatabase, assert_refused, assert_status, refresh,
     rows::{row_counts, token_parts},
     validate,
 };
@@ -182,20 +182,30 @@ async fn live_tokens_from_the_previous_release_refresh_once_and_the_others_stay_
     let reuse = refresh(&app.client, &old.live_current).await.unwrap_err();
     assert_status(&reuse, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
     common::assert_session_revoked(&app.client, &newer.refresh_token, &newer.access_token).await;
-    let older = refresh(&app.client, &old.live_used).await.unwrap_err();
-    assert_status(&older, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
+    assert_refused(
+        refresh(&app.client, &old.live_used).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
 
     // A token the previous release had already rotated: reuse, the session goes.
-    let reuse = refresh(&app.client, &old.other_used).await.unwrap_err();
-    assert_status(&reuse, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
-    let status = refresh(&app.client, &old.other_current).await.unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    assert_refused(
+        refresh(&app.client, &old.other_used).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    assert_refused(
+        refresh(&app.client, &old.other_current).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
 
     // A session logged out before the upgrade stays logged out.
-    let status = refresh(&app.client, &old.revoked_current)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    assert_refused(
+        refresh(&app.client, &old.revoked_current).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
 }
 
 /// The rows the migration keeps for pre-upgrade tokens go once they expire, while the

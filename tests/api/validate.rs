@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{Backend, TestApp, assert_status, eventually, logout, validate};
+use common::{Backend, TestApp, assert_refused, assert_status, eventually, logout, validate};
 use ed25519_dalek::{Signer as _, SigningKey, pkcs8::DecodePrivateKey as _};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -69,8 +69,11 @@ async fn a_fresh_token_returns_its_user_session_and_times(backend: Backend) {
 
 async fn an_empty_token_is_an_invalid_argument(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let status = validate(&app.client, "").await.unwrap_err();
-    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_refused(
+        validate(&app.client, "").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
 }
 
 async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
@@ -240,10 +243,11 @@ async fn a_token_past_its_expiry_is_rejected_as_expired(backend: Backend) {
     let now = chrono::Utc::now().timestamp();
     claims["iat"] = json!(now - 120);
     claims["exp"] = json!(now - 60);
-    let status = validate(&app.client, &sign(&server_key, &header, &claims))
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "TOKEN_EXPIRED");
+    assert_refused(
+        validate(&app.client, &sign(&server_key, &header, &claims)).await,
+        Code::Unauthenticated,
+        "TOKEN_EXPIRED",
+    );
 }
 
 async fn a_token_expires_after_its_configured_lifetime(backend: Backend) {
@@ -282,8 +286,11 @@ async fn after_the_lifetime_is_shortened_a_logged_out_token_never_validates_agai
 
     let shortened = TestApp::spawn_on(db, &[("AUTH_ACCESS_TOKEN_TTL", "2s")]).await;
     for token in [&revoked.access_token, &live.access_token] {
-        let status = validate(&shortened.client, token).await.unwrap_err();
-        assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+        assert_refused(
+            validate(&shortened.client, token).await,
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
     }
     let db = shortened.stop().await;
 
@@ -295,8 +302,9 @@ async fn after_the_lifetime_is_shortened_a_logged_out_token_never_validates_agai
     validate(&rolling.client, &live.access_token)
         .await
         .expect("a live token of the old lifetime");
-    let status = validate(&rolling.client, &revoked.access_token)
-        .await
-        .unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    assert_refused(
+        validate(&rolling.client, &revoked.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
 }

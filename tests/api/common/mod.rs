@@ -330,6 +330,15 @@ pub fn assert_status(status: &Status, code: Code, reason: &str) {
     assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
 }
 
+/// Asserts that a call was refused with `code` and ErrorInfo `reason`.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &str) {
+    match result {
+        Ok(answer) => panic!("expected {code:?} {reason}, got {answer:?}"),
+        Err(status) => assert_status(&status, code, reason),
+    }
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
