@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cleanup;
 pub mod config;
 pub mod grpc;
+pub mod guarded_body;
 pub mod http;
 pub mod listener;
 pub mod metrics;

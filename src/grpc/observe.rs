@@ -20,7 +20,10 @@ use tonic::{Code, codegen::http};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::telemetry::{CallSampler, RPC_TARGET};
+use crate::{
+    guarded_body::{FrameWatch, GuardedBody},
+    telemetry::{CallSampler, RPC_TARGET},
+};
 
 /// Observes every call of the services described by `descriptor_sets`; a path outside them
 /// is labelled `unknown`, so a client cannot mint label values.
@@ -265,67 +268,45 @@ where
         {
             call.finish(code);
         }
-        Poll::Ready(Ok(response.map(|inner| ObservedBody { inner, call })))
+        Poll::Ready(Ok(
+            response.map(|inner| GuardedBody::new(inner, PendingCall(call)))
+        ))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body; its call finishes at its trailers, or when it is dropped.
-    #[derive(Debug)]
-    pub struct ObservedBody<B> {
-        #[pin]
-        inner: B,
-        call: Option<Call>,
-    }
+/// A response body; its call finishes at its trailers, or when it is dropped.
+pub type ObservedBody<B> = GuardedBody<B, PendingCall>;
 
-    impl<B> PinnedDrop for ObservedBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(call) = this.project().call.take() {
-                call.finish(Code::Cancelled);
-            }
+/// A call whose status is not known yet; dropped unfinished, the client cancelled it.
+#[derive(Debug)]
+pub struct PendingCall(Option<Call>);
+
+impl PendingCall {
+    fn finish(&mut self, code: Code) {
+        if let Some(call) = self.0.take() {
+            call.finish(code);
         }
     }
 }
 
-impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        match &frame {
+impl FrameWatch for PendingCall {
+    fn frame<D, E>(&mut self, frame: Option<&Result<http_body::Frame<D>, E>>) {
+        match frame {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(call) = this.call.take()
-                {
-                    call.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
                 }
             }
-            Some(Err(_)) => {
-                if let Some(call) = this.call.take() {
-                    call.finish(Code::Internal);
-                }
-            }
+            Some(Err(_)) => self.finish(Code::Internal),
             // The end without trailers: gRPC always sends a status, so this one is unknown.
-            None => {
-                if let Some(call) = this.call.take() {
-                    call.finish(Code::Unknown);
-                }
-            }
+            None => self.finish(Code::Unknown),
         }
-        Poll::Ready(frame)
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
     }
 }
 

@@ -14,6 +14,8 @@ use std::{
 use tokio::time::Instant;
 use tonic::transport::server::TcpConnectInfo;
 
+use crate::guarded_body::{FrameWatch, GuardedBody};
+
 /// The calls in flight on one connection, and since when none has been.
 #[derive(Debug)]
 pub struct Calls {
@@ -148,36 +150,13 @@ where
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
         let call = this.call.take();
-        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, _call: call })))
+        Poll::Ready(Ok(response.map(|inner| GuardedBody::new(inner, call))))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body; the call ends when it is dropped.
-    #[derive(Debug)]
-    pub struct TrackedBody<B> {
-        #[pin]
-        inner: B,
-        _call: Option<CallInFlight>,
-    }
-}
+/// A response body; the call ends when it is dropped.
+pub type TrackedBody<B> = GuardedBody<B, Option<CallInFlight>>;
 
-impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+impl FrameWatch for Option<CallInFlight> {
+    fn frame<D, E>(&mut self, _: Option<&Result<http_body::Frame<D>, E>>) {}
 }

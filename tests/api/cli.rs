@@ -24,20 +24,25 @@ async fn add(db: &TestDatabase, email: &str, password: &str) -> std::process::Ou
     .await
 }
 
+/// Asserts that a CLI command succeeded, showing what it printed on error if not.
+#[track_caller]
+fn assert_succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Adds a user with the CLI, which must succeed.
+async fn add_ok(db: &TestDatabase, email: &str, password: &str) {
+    assert_succeeded(&add(db, email, password).await);
+}
+
 async fn a_user_added_by_the_cli_can_log_in(backend: Backend) {
     let db = TestDatabase::create(backend).await;
-    let migrated = run_authd(&db, &["migrate"], "").await;
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
-    let added = add(&db, "Alice@Example.com", PASSWORD).await;
-    assert!(
-        added.status.success(),
-        "{}",
-        String::from_utf8_lossy(&added.stderr)
-    );
+    assert_succeeded(&run_authd(&db, &["migrate"], "").await);
+    add_ok(&db, "Alice@Example.com", PASSWORD).await;
 
     let app = TestApp::spawn_on(db, &[]).await;
     app.login("alice@example.com", PASSWORD)
@@ -47,12 +52,7 @@ async fn a_user_added_by_the_cli_can_log_in(backend: Backend) {
 
 async fn the_cli_refuses_a_duplicate_email(backend: Backend) {
     let db = TestDatabase::create(backend).await;
-    assert!(
-        add(&db, "alice@example.com", PASSWORD)
-            .await
-            .status
-            .success()
-    );
+    add_ok(&db, "alice@example.com", PASSWORD).await;
     let again = add(&db, "ALICE@example.com", "another password").await;
     assert!(!again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
@@ -91,12 +91,8 @@ async fn the_cli_holds_new_passwords_to_the_policy(backend: Backend) {
             );
         }
     }
-    let accepted = add(&db, "random@example.com", "kX9#mQ2vL!pR7wZ").await;
-    assert!(
-        accepted.status.success(),
-        "15 random characters: {}",
-        String::from_utf8_lossy(&accepted.stderr)
-    );
+    // 15 random characters pass.
+    add_ok(&db, "random@example.com", "kX9#mQ2vL!pR7wZ").await;
 
     let app = TestApp::spawn_on(db, &[]).await;
     for (n, (password, _)) in refused.iter().enumerate() {
@@ -117,8 +113,8 @@ async fn a_password_logs_in_whatever_its_unicode_normalisation(backend: Backend)
     const NFC: &str = "caf\u{e9} cr\u{e8}me br\u{fb}l\u{e9}e";
     const NFD: &str = "cafe\u{301} cre\u{300}me bru\u{302}le\u{301}e";
     let db = TestDatabase::create(backend).await;
-    assert!(add(&db, "nfc@example.com", NFC).await.status.success());
-    assert!(add(&db, "nfd@example.com", NFD).await.status.success());
+    add_ok(&db, "nfc@example.com", NFC).await;
+    add_ok(&db, "nfd@example.com", NFD).await;
     let app = TestApp::spawn_on(db, &[]).await;
     app.login("nfc@example.com", NFD)
         .await
@@ -130,20 +126,15 @@ async fn a_password_logs_in_whatever_its_unicode_normalisation(backend: Backend)
 
 async fn a_user_disabled_by_the_cli_can_no_longer_log_in(backend: Backend) {
     let db = TestDatabase::create(backend).await;
-    assert!(
-        add(&db, "alice@example.com", PASSWORD)
-            .await
-            .status
-            .success()
-    );
-    let disabled = run_authd(&db, &["user", "disable", "alice@example.com"], "").await;
-    assert!(
-        disabled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&disabled.stderr)
-    );
+    add_ok(&db, "alice@example.com", PASSWORD).await;
+    assert_succeeded(&run_authd(&db, &["user", "disable", "alice@example.com"], "").await);
     let unknown = run_authd(&db, &["user", "disable", "bob@example.com"], "").await;
     assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("no user with email bob@example.com"),
+        "{stderr}"
+    );
 
     let app = TestApp::spawn_on(db, &[]).await;
     assert_refused(

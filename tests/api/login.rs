@@ -156,14 +156,9 @@ async fn login_works_with_production_argon2_parameters(backend: Backend) {
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "INVALID_CREDENTIALS");
 
-    let db = Database::connect(app.db.url()).await.unwrap();
-    let user = authd::store::entity::user::Entity::find()
-        .one(&db)
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = common::rows::password_hash(&app.db, "alice@example.com").await;
     assert!(
-        user.password_hash
-            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{stored}"
     );
 }

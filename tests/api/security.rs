@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use authd::store::entity::session;
 use common::{
-    Backend, PASSWORD, TestApp, assert_refused, assert_status, eventually, login,
+    Backend, PASSWORD, TestApp, assert_refresh_refused, assert_refused, assert_status, eventually,
+    login,
     process::{AuthdProcess, run_authd},
     refresh, validate,
 };
@@ -58,16 +59,13 @@ async fn within_the_reuse_grace_a_retry_gets_the_same_successor(backend: Backend
     let third = refresh(&app.client, &second.refresh_token)
         .await
         .expect("chain goes on");
-    assert_refused(
-        refresh(&app.client, &first.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
-    assert_refused(
-        refresh(&app.client, &third.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    common::assert_reuse_revokes_session(
+        &app.client,
+        &first.refresh_token,
+        &third.refresh_token,
+        &third.access_token,
+    )
+    .await;
 
     if let Some(dir) = app.db.sqlite_dir() {
         let db = std::fs::read(dir.join("authd.db")).unwrap();
@@ -99,12 +97,13 @@ async fn within_the_reuse_grace_a_second_retry_is_reuse(backend: Backend) {
         "the retry is counted: {metrics}"
     );
 
-    assert_refused(
-        refresh(&app.client, &first.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
-    common::assert_session_revoked(&app.client, &second.refresh_token, &retried.access_token).await;
+    common::assert_reuse_revokes_session(
+        &app.client,
+        &first.refresh_token,
+        &second.refresh_token,
+        &retried.access_token,
+    )
+    .await;
 }
 
 async fn after_the_reuse_grace_a_retry_revokes_the_session(backend: Backend) {
@@ -120,26 +119,17 @@ async fn after_the_reuse_grace_a_retry_revokes_the_session(backend: Backend) {
         },
     )
     .await;
-    assert_refused(
-        refresh(&app.client, &first.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
-    assert_refused(
-        refresh(&app.client, &second.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    common::assert_reuse_revokes_session(
+        &app.client,
+        &first.refresh_token,
+        &second.refresh_token,
+        &second.access_token,
+    )
+    .await;
 }
 
 async fn stored_hash(app: &TestApp) -> String {
-    let db = Database::connect(app.db.url()).await.unwrap();
-    let user = authd::store::entity::user::Entity::find()
-        .one(&db)
-        .await
-        .unwrap()
-        .unwrap();
-    user.password_hash
+    common::rows::password_hash(&app.db, "alice@example.com").await
 }
 
 /// The first login upgrades the hash while the others verify the old one: a rehash is the
@@ -388,11 +378,7 @@ async fn a_session_cannot_refresh_past_its_max_lifetime(backend: Backend) {
         (chrono::Utc::now() > stored.created_at + chrono::TimeDelta::seconds(3)).then_some(())
     })
     .await;
-    assert_refused(
-        refresh(&app.client, &rotated.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_EXPIRED",
-    );
+    assert_refresh_refused(&app.client, &rotated.refresh_token, "SESSION_EXPIRED").await;
 }
 
 const THROTTLE: [(&str, &str); 4] = [

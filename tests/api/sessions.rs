@@ -12,8 +12,8 @@ use std::{
 };
 
 use common::{
-    Backend, PASSWORD, TestApp, TestDatabase, add_user, assert_refused, assert_status, eventually,
-    login, logout,
+    Backend, PASSWORD, TestApp, TestDatabase, add_user, assert_refresh_refused, assert_refused,
+    assert_status, assert_validate_refused, eventually, login, logout,
     process::{AuthdProcess, run_authd},
     refresh,
     rows::{refresh_row, row_counts, token_parts},
@@ -77,21 +77,13 @@ async fn refresh_rotates_within_the_session_and_reuse_revokes_it(backend: Backen
         .expect("second refresh");
 
     // The first token, already used, comes back: theft. The whole session goes.
-    assert_refused(
-        refresh(&app.client, &first.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
-    assert_refused(
-        refresh(&app.client, &third.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
-    assert_refused(
-        validate(&app.client, &third.access_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    common::assert_reuse_revokes_session(
+        &app.client,
+        &first.refresh_token,
+        &third.refresh_token,
+        &third.access_token,
+    )
+    .await;
 }
 
 /// Rotates `token` `times` times; returns the newest pair.
@@ -115,12 +107,13 @@ async fn reuse_of_a_token_fifty_generations_old_revokes_the_session(backend: Bac
     let newest = rotate_times(&app.client, &old.refresh_token, 50).await;
     assert_eq!(token_parts(&app.db, &newest.refresh_token).generation, 51);
 
-    assert_refused(
-        refresh(&app.client, &old.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
-    common::assert_session_revoked(&app.client, &newest.refresh_token, &newest.access_token).await;
+    common::assert_reuse_revokes_session(
+        &app.client,
+        &old.refresh_token,
+        &newest.refresh_token,
+        &newest.access_token,
+    )
+    .await;
 }
 
 /// Storage grows with sessions, never with refreshes: a rotation rewrites the session's row.
@@ -143,11 +136,7 @@ async fn two_thousand_refreshes_leave_every_table_the_same_size(backend: Backend
 /// Asserts that `forged` is refused as REFRESH_TOKEN_INVALID and that the session it imitates
 /// is untouched: its current token still refreshes.
 async fn assert_forgery_refused(app: &TestApp, forged: &str, current: &str) {
-    assert_refused(
-        refresh(&app.client, forged).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_INVALID",
-    );
+    assert_refresh_refused(&app.client, forged, "REFRESH_TOKEN_INVALID").await;
     let status = logout(&app.client, forged, true).await;
     assert!(status.is_ok(), "logout answers OK: {status:?}");
     refresh(&app.client, current)
@@ -172,11 +161,7 @@ async fn a_sealed_token_with_a_wrong_secret_is_invalid_and_the_session_lives_on(
     let login = app.user_with_session("alice@example.com").await;
     let session_id = uuid::Uuid::parse_str(&login.session_id).unwrap();
     let forged = app.db.refresh_key().seal(session_id, 1, &[9; 32]);
-    assert_refused(
-        refresh(&app.client, forged.expose()).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_INVALID",
-    );
+    assert_refresh_refused(&app.client, forged.expose(), "REFRESH_TOKEN_INVALID").await;
     refresh(&app.client, &login.refresh_token)
         .await
         .expect("the session lives on");
@@ -196,19 +181,11 @@ async fn refresh_input_is_checked(backend: Backend) {
         unsealed.as_str(),
         &"é".repeat(30),
     ] {
-        assert_refused(
-            refresh(&app.client, token).await,
-            Code::Unauthenticated,
-            "REFRESH_TOKEN_INVALID",
-        );
+        assert_refresh_refused(&app.client, token, "REFRESH_TOKEN_INVALID").await;
     }
     // An access token is no refresh token.
     let login = app.user_with_session("alice@example.com").await;
-    assert_refused(
-        refresh(&app.client, &login.access_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_INVALID",
-    );
+    assert_refresh_refused(&app.client, &login.access_token, "REFRESH_TOKEN_INVALID").await;
 }
 
 /// Fires `count` refreshes of `token`, alternating between `clients`, all at once.
@@ -347,11 +324,7 @@ async fn an_expired_refresh_token_is_refused_as_expired(backend: Backend) {
         || async { (chrono::Utc::now() > stored.expires_at).then_some(()) },
     )
     .await;
-    assert_refused(
-        refresh(&app.client, &login.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_EXPIRED",
-    );
+    assert_refresh_refused(&app.client, &login.refresh_token, "REFRESH_TOKEN_EXPIRED").await;
 }
 
 async fn logout_revokes_only_that_session(backend: Backend) {
@@ -363,16 +336,8 @@ async fn logout_revokes_only_that_session(backend: Backend) {
         .await
         .expect("logout");
 
-    assert_refused(
-        refresh(&app.client, &phone.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
-    assert_refused(
-        validate(&app.client, &phone.access_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    assert_refresh_refused(&app.client, &phone.refresh_token, "SESSION_REVOKED").await;
+    assert_validate_refused(&app.client, &phone.access_token, "SESSION_REVOKED").await;
 
     validate(&app.client, &laptop.access_token)
         .await
@@ -393,16 +358,8 @@ async fn logout_of_all_sessions_spares_other_users(backend: Backend) {
         .expect("logout everywhere");
 
     for session in [&alice_phone, &alice_laptop] {
-        assert_refused(
-            validate(&app.client, &session.access_token).await,
-            Code::Unauthenticated,
-            "SESSION_REVOKED",
-        );
-        assert_refused(
-            refresh(&app.client, &session.refresh_token).await,
-            Code::Unauthenticated,
-            "SESSION_REVOKED",
-        );
+        assert_validate_refused(&app.client, &session.access_token, "SESSION_REVOKED").await;
+        assert_refresh_refused(&app.client, &session.refresh_token, "SESSION_REVOKED").await;
     }
     validate(&app.client, &bob.access_token)
         .await
@@ -504,11 +461,7 @@ async fn refresh_racing_logout_never_outlives_the_logout(backend: Backend) {
             }
         }
         for token in &access_tokens {
-            assert_refused(
-                validate(&logouter, token).await,
-                Code::Unauthenticated,
-                "SESSION_REVOKED",
-            );
+            assert_validate_refused(&logouter, token, "SESSION_REVOKED").await;
             let status = eventually(
                 Duration::from_secs(2),
                 "the other process to see the logout",
@@ -531,24 +484,12 @@ async fn rotated_and_revoked_tokens_stay_rejected_after_a_restart(backend: Backe
 
     let app = TestApp::spawn_on(app.stop().await, &[]).await;
 
-    assert_refused(
-        validate(&app.client, &logged_out.access_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
-    assert_refused(
-        refresh(&app.client, &logged_out.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    assert_validate_refused(&app.client, &logged_out.access_token, "SESSION_REVOKED").await;
+    assert_refresh_refused(&app.client, &logged_out.refresh_token, "SESSION_REVOKED").await;
     validate(&app.client, &current.access_token)
         .await
         .expect("current session still valid");
-    assert_refused(
-        refresh(&app.client, &rotated.refresh_token).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
+    assert_refresh_refused(&app.client, &rotated.refresh_token, "REFRESH_TOKEN_REUSED").await;
 }
 
 async fn disabling_a_user_revokes_their_sessions(backend: Backend) {
@@ -578,11 +519,7 @@ async fn a_disabled_user_cannot_refresh_even_before_their_sessions_are_revoked(b
     ))
     .await
     .unwrap();
-    assert_refused(
-        refresh(&app.client, &session.refresh_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    assert_refresh_refused(&app.client, &session.refresh_token, "SESSION_REVOKED").await;
 }
 
 /// One login attempt: when it started and ended, and the session it opened, if any.

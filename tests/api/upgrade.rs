@@ -7,7 +7,7 @@ use authd::store::entity::legacy_refresh_token;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{
-    Backend, TestApp, TestDatabase, assert_refused, assert_status, refresh,
+    Backend, TestApp, TestDatabase, assert_refresh_refused, refresh,
     rows::{row_counts, token_parts},
     validate,
 };
@@ -16,7 +16,6 @@ use sea_orm::{
     ConnectionTrait as _, Database, DatabaseConnection, EntityTrait as _, Statement, Value,
 };
 use sha2::{Digest as _, Sha256};
-use tonic::Code;
 use uuid::Uuid;
 
 on_both_backends!(
@@ -179,33 +178,21 @@ async fn live_tokens_from_the_previous_release_refresh_once_and_the_others_stay_
         .await
         .expect("the session validates");
     // Its pre-upgrade token, now used, is reuse like any earlier generation.
-    let reuse = refresh(&app.client, &old.live_current).await.unwrap_err();
-    assert_status(&reuse, Code::Unauthenticated, "REFRESH_TOKEN_REUSED");
-    common::assert_session_revoked(&app.client, &newer.refresh_token, &newer.access_token).await;
-    assert_refused(
-        refresh(&app.client, &old.live_used).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
+    common::assert_reuse_revokes_session(
+        &app.client,
+        &old.live_current,
+        &newer.refresh_token,
+        &newer.access_token,
+    )
+    .await;
+    assert_refresh_refused(&app.client, &old.live_used, "REFRESH_TOKEN_REUSED").await;
 
     // A token the previous release had already rotated: reuse, the session goes.
-    assert_refused(
-        refresh(&app.client, &old.other_used).await,
-        Code::Unauthenticated,
-        "REFRESH_TOKEN_REUSED",
-    );
-    assert_refused(
-        refresh(&app.client, &old.other_current).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    assert_refresh_refused(&app.client, &old.other_used, "REFRESH_TOKEN_REUSED").await;
+    assert_refresh_refused(&app.client, &old.other_current, "SESSION_REVOKED").await;
 
     // A session logged out before the upgrade stays logged out.
-    assert_refused(
-        refresh(&app.client, &old.revoked_current).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    assert_refresh_refused(&app.client, &old.revoked_current, "SESSION_REVOKED").await;
 }
 
 /// The rows the migration keeps for pre-upgrade tokens go once they expire, while the

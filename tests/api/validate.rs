@@ -5,7 +5,10 @@ use crate::common;
 use std::time::Duration;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{Backend, TestApp, assert_refused, assert_status, eventually, logout, validate};
+use common::{
+    Backend, TestApp, assert_refused, assert_status, assert_validate_refused, eventually, logout,
+    validate,
+};
 use ed25519_dalek::{Signer as _, SigningKey, pkcs8::DecodePrivateKey as _};
 use serde_json::{Value, json};
 use tonic::Code;
@@ -243,11 +246,12 @@ async fn a_token_past_its_expiry_is_rejected_as_expired(backend: Backend) {
     let now = chrono::Utc::now().timestamp();
     claims["iat"] = json!(now - 120);
     claims["exp"] = json!(now - 60);
-    assert_refused(
-        validate(&app.client, &sign(&server_key, &header, &claims)).await,
-        Code::Unauthenticated,
+    assert_validate_refused(
+        &app.client,
+        &sign(&server_key, &header, &claims),
         "TOKEN_EXPIRED",
-    );
+    )
+    .await;
 }
 
 async fn a_token_expires_after_its_configured_lifetime(backend: Backend) {
@@ -286,11 +290,7 @@ async fn after_the_lifetime_is_shortened_a_logged_out_token_never_validates_agai
 
     let shortened = TestApp::spawn_on(db, &[("AUTH_ACCESS_TOKEN_TTL", "2s")]).await;
     for token in [&revoked.access_token, &live.access_token] {
-        assert_refused(
-            validate(&shortened.client, token).await,
-            Code::Unauthenticated,
-            "TOKEN_INVALID",
-        );
+        assert_validate_refused(&shortened.client, token, "TOKEN_INVALID").await;
     }
     let db = shortened.stop().await;
 
@@ -302,9 +302,5 @@ async fn after_the_lifetime_is_shortened_a_logged_out_token_never_validates_agai
     validate(&rolling.client, &live.access_token)
         .await
         .expect("a live token of the old lifetime");
-    assert_refused(
-        validate(&rolling.client, &revoked.access_token).await,
-        Code::Unauthenticated,
-        "SESSION_REVOKED",
-    );
+    assert_validate_refused(&rolling.client, &revoked.access_token, "SESSION_REVOKED").await;
 }

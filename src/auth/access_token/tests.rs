@@ -39,16 +39,7 @@ fn a_token_issued_in_the_future_is_invalid_beyond_the_leeway() {
         ..ACCEPT_AN_HOUR
     };
     let keys = TokenKeys::new(&key, &[], "authd", "svc", lenient).unwrap();
-    let sign = |iat| {
-        keys.issue(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            "a@b.c",
-            iat,
-            Duration::from_secs(60),
-        )
-        .unwrap()
-    };
+    let sign = |iat| anyones_token(&keys, iat);
     assert!(keys.verify(&sign(now() + 20)).is_ok(), "within the leeway");
     assert!(matches!(
         keys.verify(&sign(now() + 120)),
@@ -59,6 +50,18 @@ fn a_token_issued_in_the_future_is_invalid_beyond_the_leeway() {
 fn keys(dir: &Path) -> TokenKeys {
     let key = load_signing_key(None, Some(&dir.join("k.pem"))).unwrap();
     TokenKeys::new(&key, &[], "authd", "svc", ACCEPT_AN_HOUR).unwrap()
+}
+
+/// A one-minute token of someone, issued at `iat`.
+fn anyones_token(keys: &TokenKeys, iat: i64) -> String {
+    keys.issue(
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        "a@b.c",
+        iat,
+        Duration::from_secs(60),
+    )
+    .unwrap()
 }
 
 fn now() -> i64 {
@@ -88,15 +91,7 @@ fn an_issued_token_verifies_with_its_claims() {
 #[test]
 fn a_token_of_another_key_is_invalid() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let token = keys(a.path())
-        .issue(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            "a@b.c",
-            now(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+    let token = anyones_token(&keys(a.path()), now());
     assert!(matches!(
         keys(b.path()).verify(&token),
         Err(AuthError::AccessTokenInvalid)
@@ -107,15 +102,7 @@ fn a_token_of_another_key_is_invalid() {
 fn an_expired_token_is_expired() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys(dir.path());
-    let token = keys
-        .issue(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            "a@b.c",
-            now() - 120,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+    let token = anyones_token(&keys, now() - 120);
     assert!(matches!(
         keys.verify(&token),
         Err(AuthError::AccessTokenExpired)
@@ -166,15 +153,7 @@ fn verify_only_keys_are_accepted_and_published() {
     use ed25519_dalek::pkcs8::EncodePublicKey as _;
     let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let old = keys(old_dir.path());
-    let old_token = old
-        .issue(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            "a@b.c",
-            now(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+    let old_token = anyones_token(&old, now());
 
     // The retired key, published as a public key only.
     let retired = load_signing_key(None, Some(&old_dir.path().join("k.pem"))).unwrap();

@@ -20,7 +20,7 @@ use argon2::Params;
 
 use super::{AuthError, credentials::Password};
 use crate::config::Argon2Settings;
-use phc::{OUTPUT_LEN, SALT_LEN, argon2id, params_of, phc_string, random, verify_phc};
+use phc::{OUTPUT_LEN, SALT_LEN, new_phc, params_of, phc_string, random, verify_phc};
 use threads::HashingThreads;
 
 /// The outcome of checking a password.
@@ -116,18 +116,7 @@ impl PasswordHasher {
     pub async fn hash(&self, password: Password) -> Result<String, AuthError> {
         let params = self.params.clone();
         self.threads
-            .run(move |memory| {
-                let salt = random::<SALT_LEN>()?;
-                let mut output = [0u8; OUTPUT_LEN];
-                argon2id(
-                    &params,
-                    password.forms().normalised(),
-                    &salt,
-                    &mut output,
-                    memory,
-                )?;
-                phc_string(&params, &salt, &output)
-            })
+            .run(move |memory| new_phc(&params, password.forms().normalised(), memory))
             .await?
     }
 
@@ -169,10 +158,7 @@ impl PasswordHasher {
                 if current {
                     return Ok((Verification::Match, took, checks));
                 }
-                let salt = random::<SALT_LEN>()?;
-                let mut output = [0u8; OUTPUT_LEN];
-                argon2id(&params, forms.normalised(), &salt, &mut output, memory)?;
-                let rehashed = phc_string(&params, &salt, &output)?;
+                let rehashed = new_phc(&params, forms.normalised(), memory)?;
                 Ok::<_, AuthError>((Verification::MatchRehashed(rehashed), took, checks))
             })
             .await??;
@@ -293,17 +279,7 @@ mod tests {
     #[tokio::test]
     async fn a_hash_of_the_form_as_typed_matches_and_is_rehashed() {
         let hasher = cheap();
-        let salt = random::<SALT_LEN>().unwrap();
-        let mut output = [0u8; OUTPUT_LEN];
-        argon2id(
-            &hasher.params,
-            NFD.as_bytes(),
-            &salt,
-            &mut output,
-            &mut Vec::new(),
-        )
-        .unwrap();
-        let before = phc_string(&hasher.params, &salt, &output).unwrap();
+        let before = new_phc(&hasher.params, NFD.as_bytes(), &mut Vec::new()).unwrap();
 
         let Verification::MatchRehashed(after) =
             hasher.verify(pw(NFD), Some(before.clone())).await.unwrap()

@@ -36,22 +36,24 @@ fn argon2id_with(
     result
 }
 
-pub(super) fn argon2id(
+/// The PHC string of a new hash of `password` under `params` (argon2id v19, a random salt).
+pub(super) fn new_phc(
     params: &Params,
     password: &[u8],
-    salt: &[u8],
-    output: &mut [u8],
     memory: &mut Vec<Block>,
-) -> Result<(), AuthError> {
+) -> Result<String, AuthError> {
+    let salt = random::<SALT_LEN>()?;
+    let mut output = [0u8; OUTPUT_LEN];
     argon2id_with(
         Algorithm::Argon2id,
         Version::V0x13,
         params,
         password,
-        salt,
-        output,
+        &salt,
+        &mut output,
         memory,
-    )
+    )?;
+    phc_string(params, &salt, &output)
 }
 
 /// Recomputes a stored hash with its own algorithm, version and parameters; also says whether

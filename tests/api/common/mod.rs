@@ -264,8 +264,7 @@ pub async fn validate(client: &Client, access_token: &str) -> Result<ValidateRes
 /// Asserts that a session's tokens no longer work: Refresh answers SESSION_REVOKED at once and
 /// Validate within two revocation polls (a revocation made elsewhere reaches it by polling).
 pub async fn assert_session_revoked(client: &Client, refresh_token: &str, access_token: &str) {
-    let status = refresh(client, refresh_token).await.unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    assert_refresh_refused(client, refresh_token, "SESSION_REVOKED").await;
     let status = eventually(
         Duration::from_secs(2),
         "Validate to see the revocation",
@@ -273,6 +272,18 @@ pub async fn assert_session_revoked(client: &Client, refresh_token: &str, access
     )
     .await;
     assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+/// Asserts that `used`, a refresh token already traded, is refused as a reuse and that the reuse
+/// revoked its session: the session's newest tokens stop working too.
+pub async fn assert_reuse_revokes_session(
+    client: &Client,
+    used: &str,
+    newest_refresh_token: &str,
+    newest_access_token: &str,
+) {
+    assert_refresh_refused(client, used, "REFRESH_TOKEN_REUSED").await;
+    assert_session_revoked(client, newest_refresh_token, newest_access_token).await;
 }
 
 /// The health status the server reports for `service` ("" for the whole server).
@@ -337,6 +348,24 @@ pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code,
         Ok(answer) => panic!("expected {code:?} {reason}, got {answer:?}"),
         Err(status) => assert_status(&status, code, reason),
     }
+}
+
+/// Asserts that Refresh refuses `refresh_token` as UNAUTHENTICATED with `reason`.
+pub async fn assert_refresh_refused(client: &Client, refresh_token: &str, reason: &str) {
+    assert_refused(
+        refresh(client, refresh_token).await,
+        Code::Unauthenticated,
+        reason,
+    );
+}
+
+/// Asserts that Validate refuses `access_token` as UNAUTHENTICATED with `reason`.
+pub async fn assert_validate_refused(client: &Client, access_token: &str, reason: &str) {
+    assert_refused(
+        validate(client, access_token).await,
+        Code::Unauthenticated,
+        reason,
+    );
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
