@@ -142,7 +142,7 @@ pub async fn start_schedule(
                 ),
                 Err(e) => {
                     crate::metrics::cleanup_run(false, &[]);
-                    tracing::error!(error = %crate::error_chain(&e), "cleanup failed; next run on schedule");
+                    tracing::error!(error = %crate::report::error_chain(&e), "cleanup failed; next run on schedule");
                 }
             }
         })

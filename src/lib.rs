@@ -13,18 +13,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod proto;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-
-/// `err` and its sources, joined: the whole story in one log field.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -75,7 +75,7 @@ impl Authenticator {
                         })
                         .await
                 {
-                    tracing::warn!(error = %crate::error_chain(&release), "a login reservation was not given back");
+                    tracing::warn!(error = %crate::report::error_chain(&release), "a login reservation was not given back");
                 }
                 return Err(e);
             }

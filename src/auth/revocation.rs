@@ -100,7 +100,9 @@ impl RevokedSessions {
             let started = store::now();
             match self.merge(&store, last_poll - POLL_OVERLAP).await {
                 Ok(()) => last_poll = started,
-                Err(e) => tracing::warn!(error = %crate::error_chain(&e), "revocation poll failed"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::error_chain(&e), "revocation poll failed")
+                }
             }
             self.prune(started);
         }

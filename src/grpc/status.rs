@@ -33,7 +33,7 @@ impl From<AuthError> for Status {
             AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
         };
         if matches!(code, Code::Unavailable | Code::Internal) {
-            tracing::error!(error = %crate::error_chain(&err), "request failed");
+            tracing::error!(error = %crate::report::error_chain(&err), "request failed");
         }
         let retry_after = match err {
             AuthError::Overloaded => Some(OVERLOAD_RETRY_DELAY),

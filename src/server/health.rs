@@ -55,7 +55,7 @@ pub(super) async fn probe_database(
             set_health(&health, ServingStatus::Serving).await;
         } else {
             let error = match outcome {
-                Ok(Err(e)) => crate::error_chain(&e),
+                Ok(Err(e)) => crate::report::error_chain(&e),
                 _ => format!("no answer within {timeout:?}"),
             };
             tracing::error!(%error, "database unreachable: health NOT_SERVING");

@@ -11,6 +11,7 @@ mod cli;
 mod examples;
 mod hostile_input;
 mod keys;
+mod layout;
 mod login;
 mod observability;
 mod operations;
