@@ -56,7 +56,7 @@ impl Authenticator {
             // A disabled user is checked against the dummy, as an unknown email is.
             let stored_hash = user
                 .as_ref()
-                .filter(|u| u.disabled_at.is_none())
+                .filter(|u| !u.disabled)
                 .map(|u| u.password_hash.clone());
             let verification = self.hasher.verify(password, stored_hash).await?;
             Ok::<_, AuthError>((user, verification))
@@ -81,9 +81,7 @@ impl Authenticator {
             }
         };
         let user = match user {
-            Some(user) if verification != Verification::Mismatch && user.disabled_at.is_none() => {
-                user
-            }
+            Some(user) if verification != Verification::Mismatch && !user.disabled => user,
             _ => {
                 let failures = match admission {
                     Admission::Reserved { failures } => Some(failures),

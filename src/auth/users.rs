@@ -29,7 +29,7 @@ impl UserAdmin {
     pub async fn add_user(&self, email: Email, password: String) -> Result<Uuid, AuthError> {
         let password = Password::parse_new(password, &self.policy)?;
         let hash = self.hasher.hash(password).await?;
-        Ok(self.store.insert_user(email.as_str(), &hash).await?.id)
+        Ok(self.store.insert_user(email.as_str(), &hash).await?)
     }
 
     /// Sets a new password that meets the policy and revokes every session of the user, in

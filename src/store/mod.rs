@@ -16,7 +16,7 @@ pub use error::StoreError;
 pub use refresh::{LegacyToken, RefreshState, RotationOutcome};
 pub use rotation::{Credential, MAX_BATCH, RefreshClock, Rotated, rotation_statement};
 pub use sessions::{FIRST_GENERATION, NewSession, RevokedReason};
-pub use users::LoginReservation;
+pub use users::{LoginReservation, LoginUser};
 
 use std::{path::PathBuf, str::FromStr, sync::Arc};
 

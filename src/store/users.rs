@@ -27,14 +27,37 @@ pub enum LoginReservation {
     },
 }
 
+/// A user, as a login needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginUser {
+    /// The user's id.
+    pub id: Uuid,
+    /// The normalised email.
+    pub email: String,
+    /// The PHC string of the password's hash.
+    pub password_hash: String,
+    /// Whether the user is disabled.
+    pub disabled: bool,
+    /// When the password or the disabled state last changed: the login's session opens only
+    /// if neither changed since it read them.
+    pub updated_at: DateTime<Utc>,
+}
+
 impl Store {
     /// The user with this (normalised) email.
     #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<user::Model>, StoreError> {
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<LoginUser>, StoreError> {
         Ok(user::Entity::find()
             .filter(user::Column::Email.eq(email))
             .one(&self.db)
-            .await?)
+            .await?
+            .map(|user| LoginUser {
+                id: user.id,
+                email: user.email,
+                password_hash: user.password_hash,
+                disabled: user.disabled_at.is_some(),
+                updated_at: user.updated_at,
+            }))
     }
 
     /// The distinct PHC prefixes (algorithm, version and parameters, up to the salt) of the
@@ -65,27 +88,16 @@ impl Store {
             .collect()
     }
 
-    /// Adds a user; [`StoreError::EmailTaken`] if the email exists.
+    /// Adds a user and returns its id; [`StoreError::EmailTaken`] if the email exists.
     #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn insert_user(
-        &self,
-        email: &str,
-        password_hash: &str,
-    ) -> Result<user::Model, StoreError> {
+    pub async fn insert_user(&self, email: &str, password_hash: &str) -> Result<Uuid, StoreError> {
         let _turn = self.write_turn().await?;
         let now = now();
-        let model = user::Model {
-            id: Uuid::new_v4(),
-            email: email.to_owned(),
-            password_hash: password_hash.to_owned(),
-            disabled_at: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let id = Uuid::new_v4();
         let active = user::ActiveModel {
-            id: Set(model.id),
-            email: Set(model.email.clone()),
-            password_hash: Set(model.password_hash.clone()),
+            id: Set(id),
+            email: Set(email.to_owned()),
+            password_hash: Set(password_hash.to_owned()),
             disabled_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
@@ -94,7 +106,7 @@ impl Store {
             .exec_without_returning(&self.db)
             .await
         {
-            Ok(_) => Ok(model),
+            Ok(_) => Ok(id),
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 Err(StoreError::EmailTaken)
             }
