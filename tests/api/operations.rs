@@ -47,6 +47,24 @@ async fn health_is_serving_for_the_server_and_the_service(backend: Backend) {
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
+/// The first answer of reflection `$version` at `$addr` to `$request` (the two versions'
+/// generated types differ, their calls do not).
+macro_rules! reflection_answer {
+    ($version:ident, $addr:expr, $request:expr) => {
+        $version::server_reflection_client::ServerReflectionClient::new(
+            common::channel($addr).await,
+        )
+        .server_reflection_info(tokio_stream::iter([$request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+    };
+}
+
 async fn reflection_lists_and_describes_the_service(backend: Backend) {
     use tonic_reflection::pb::{v1, v1alpha};
     let app = TestApp::spawn(backend).await;
@@ -57,14 +75,7 @@ async fn reflection_lists_and_describes_the_service(backend: Backend) {
             String::new(),
         )),
     };
-    let mut client =
-        v1::server_reflection_client::ServerReflectionClient::new(common::channel(app.addr).await);
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
+    let response = reflection_answer!(v1, app.addr, request);
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
         response.message_response
     else {
@@ -83,15 +94,7 @@ async fn reflection_lists_and_describes_the_service(backend: Backend) {
             ),
         ),
     };
-    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(
-        common::channel(app.addr).await,
-    );
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
+    let response = reflection_answer!(v1alpha, app.addr, request);
     let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
         response.message_response
     else {
