@@ -76,9 +76,8 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
     validate(&app.client, &session.access_token).await.unwrap();
     let rotated = refresh(&app.client, &session.refresh_token).await.unwrap();
     // The old token again: reuse, and the session is revoked.
-    refresh(&app.client, &session.refresh_token)
-        .await
-        .unwrap_err();
+    common::assert_refresh_refused(&app.client, &session.refresh_token, "REFRESH_TOKEN_REUSED")
+        .await;
     let other = app.login("metrics@example.com", PASSWORD).await.unwrap();
     logout(&app.client, &other.refresh_token, false)
         .await
@@ -87,7 +86,12 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
         let refused = login(&app.client, "metrics@example.com", "wrong password")
             .await
             .unwrap_err();
-        (refused.code() == Code::ResourceExhausted).then_some(())
+        if refused.code() == Code::ResourceExhausted {
+            common::assert_status(&refused, Code::ResourceExhausted, "LOGIN_THROTTLED");
+            return Some(());
+        }
+        common::assert_status(&refused, Code::Unauthenticated, "INVALID_CREDENTIALS");
+        None
     })
     .await;
 

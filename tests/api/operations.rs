@@ -341,10 +341,7 @@ async fn logs_name_each_call_but_never_a_secret() {
     let first = login(&client, "alice@example.com", PASSWORD).await.unwrap();
     let _ = login(&client, "alice@example.com", "a wrong password").await;
     let throttled = login(&client, "alice@example.com", "a wrong password").await;
-    assert_eq!(
-        throttled.unwrap_err().code(),
-        tonic::Code::ResourceExhausted
-    );
+    common::assert_refused(throttled, tonic::Code::ResourceExhausted, "LOGIN_THROTTLED");
     let second = refresh(&client, &first.refresh_token).await.unwrap();
     validate(&client, &second.access_token).await.unwrap();
     let _ = refresh(&client, &first.refresh_token).await; // reuse: logged as a warning
