@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         .file_descriptor_set_path(out_dir.join("auth_descriptor.bin"))
         .compile_with_config(
             config,
-            &[PathBuf::from("proto/auth/v1/auth.proto")],
+            &[
+                PathBuf::from("proto/auth/v1/auth.proto"),
+                PathBuf::from("proto/auth/v1/admin.proto"),
+            ],
             &includes,
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use authd::{
-    auth::{Email, KeyError, PasswordHasher, UserAdmin, generate_key_file},
+    auth::{AuthError, Email, KeyError, PasswordHasher, UserAdmin, UserRef, generate_key_file},
     cleanup,
     config::{Config, Observability},
     server::{self, Application},
@@ -143,16 +143,19 @@ async fn run(cli: Cli, call_sampler: Option<CallSampler>) -> anyhow::Result<()> 
             let store = server::connect_and_migrate(&config.database).await?;
             let hasher = PasswordHasher::new(config.login.argon2, 1, 1)?;
             let admin = UserAdmin::new(store, hasher, config.login.password_policy);
+            // Who made a change, for the audit trail: the CLI, run by an operator.
+            const BY: &str = "cli";
+            let missing = |email: &Email| anyhow::anyhow!("no user with email {}", email.as_str());
             match command {
                 UserCommand::Add {
                     email,
                     password_stdin,
                 } => {
                     let email = Email::parse(&email)?;
-                    let id = admin
-                        .add_user(email.clone(), read_password(password_stdin)?)
+                    let user = admin
+                        .create_user(email, read_password(password_stdin)?, BY)
                         .await?;
-                    println!("added {} ({id})", email.as_str());
+                    println!("added {} ({})", user.email, user.id);
                 }
                 UserCommand::SetPassword {
                     email,
@@ -160,9 +163,11 @@ async fn run(cli: Cli, call_sampler: Option<CallSampler>) -> anyhow::Result<()> 
                 } => {
                     let email = Email::parse(&email)?;
                     let password = read_password(password_stdin)?;
-                    if !admin.set_password(email.clone(), password).await? {
-                        bail!("no user with email {}", email.as_str());
-                    }
+                    let user = UserRef::Email(email.clone());
+                    match admin.set_password(&user, password, BY).await {
+                        Err(AuthError::UserNotFound) => return Err(missing(&email)),
+                        changed => changed?,
+                    };
                     println!(
                         "password changed for {}; all sessions revoked",
                         email.as_str()
@@ -170,9 +175,11 @@ async fn run(cli: Cli, call_sampler: Option<CallSampler>) -> anyhow::Result<()> 
                 }
                 UserCommand::Disable { email } => {
                     let email = Email::parse(&email)?;
-                    if !admin.disable_user(email.clone()).await? {
-                        bail!("no user with email {}", email.as_str());
-                    }
+                    let user = UserRef::Email(email.clone());
+                    match admin.disable_user(&user, BY).await {
+                        Err(AuthError::UserNotFound) => return Err(missing(&email)),
+                        disabled => disabled?,
+                    };
                     println!("disabled {}", email.as_str());
                 }
             }

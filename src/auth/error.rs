@@ -46,13 +46,35 @@ pub enum AuthError {
     /// has been revoked because the token may be stolen.
     #[error("refresh token already used; session revoked")]
     RefreshTokenReused,
-    /// ALREADY_EXISTS (EMAIL_TAKEN): a new user's email is already registered (CLI only).
+    /// ALREADY_EXISTS (EMAIL_TAKEN): a new user's email is already registered.
     #[error("a user with this email already exists")]
     EmailTaken,
     /// RESOURCE_EXHAUSTED (LOGIN_THROTTLED): too many failed logins for this account or from
     /// this address; no password is checked until `retry_after` has passed.
     #[error("too many failed logins; retry later")]
     Throttled {
+        /// How long until the next attempt is allowed.
+        retry_after: std::time::Duration,
+    },
+    /// NOT_FOUND (USER_NOT_FOUND): no user has this id or email.
+    #[error("no such user")]
+    UserNotFound,
+    /// NOT_FOUND (SESSION_NOT_FOUND): no session has this id (or, asked by a user, none of
+    /// theirs does).
+    #[error("no such session")]
+    SessionNotFound,
+    /// UNAUTHENTICATED (ADMIN_CREDENTIALS_MISSING): an AdminService call with neither a
+    /// client certificate nor a bearer token.
+    #[error("an admin credential is required")]
+    AdminCredentialsMissing,
+    /// PERMISSION_DENIED (ADMIN_CREDENTIALS_REFUSED): an AdminService call whose credential is
+    /// not on the lists.
+    #[error("this credential may not administer authd")]
+    AdminCredentialsRefused,
+    /// RESOURCE_EXHAUSTED (ADMIN_THROTTLED): too many refused admin credentials from this
+    /// address; none is checked until `retry_after` has passed.
+    #[error("too many refused admin credentials; retry later")]
+    AdminThrottled {
         /// How long until the next attempt is allowed.
         retry_after: std::time::Duration,
     },

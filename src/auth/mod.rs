@@ -8,6 +8,7 @@ macro_rules! audit {
 }
 
 mod access_token;
+mod admin_access;
 mod credentials;
 mod error;
 mod key_files;
@@ -26,6 +27,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 pub use access_token::{Acceptance, AccessClaims, TokenKeys};
+pub use admin_access::{AdminAccess, AdminCaller, AdminCredentials};
 pub use credentials::{Email, Password, PasswordRule};
 pub use error::AuthError;
 pub use key_files::{
@@ -41,7 +43,7 @@ pub use revocation::RevokedSessions;
 pub use throttle::{
     AccountTurns, AddressThrottle, FAILURE_MEMORY, KNOWN_CLIENT_MEMORY, throttle_key,
 };
-pub use users::UserAdmin;
+pub use users::{MAX_PAGE_SIZE, SessionPage, UserAdmin, UserRef};
 pub use verified::VerifiedTokens;
 
 use crate::{

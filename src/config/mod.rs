@@ -3,6 +3,7 @@
 //! handed its own group, never the whole. Nothing else in the crate reads the environment, and
 //! this module imports none of the others.
 
+mod admin;
 mod browser;
 mod database;
 mod login;
@@ -11,6 +12,7 @@ mod sessions;
 mod transport;
 mod vars;
 
+pub use admin::AdminSettings;
 pub use browser::{BrowserSettings, CookieSettings, SameSite};
 pub use database::{DEFAULT_DATABASE_URL, DatabaseSettings};
 pub use login::{Argon2Settings, Backoff, LoginSettings, MIN_PASSWORD_CHARS_FLOOR, PasswordPolicy};
@@ -40,6 +42,8 @@ pub struct Config {
     pub sessions: SessionSettings,
     /// Password hashing and policy, login throttling.
     pub login: LoginSettings,
+    /// Who may call the AdminService.
+    pub admin: AdminSettings,
 }
 
 impl Config {
@@ -54,8 +58,14 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let vars = vars::Vars::new(vars);
+        let transport = TransportSettings::parse(&vars)?;
+        let client_ca = transport
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca.is_some());
         Ok(Self {
-            transport: TransportSettings::parse(&vars)?,
+            admin: AdminSettings::parse(&vars, client_ca)?,
+            transport,
             database: DatabaseSettings::parse(&vars)?,
             sessions: SessionSettings::parse(&vars)?,
             login: LoginSettings::parse(&vars)?,

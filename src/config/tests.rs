@@ -181,3 +181,26 @@ fn the_refresh_cookie_is_configurable_within_the_rules() {
         assert_eq!(config(&[(variable, bad)]).unwrap_err().variable, variable);
     }
 }
+
+#[test]
+fn the_admin_service_is_off_unless_configured_and_client_identities_need_a_client_ca() {
+    assert!(!config(&[]).unwrap().admin.enabled());
+    let c = config(&[("AUTH_ADMIN_TOKEN_FILE", "/run/secrets/admin-tokens")]).unwrap();
+    assert!(c.admin.enabled());
+    let e = config(&[("AUTH_ADMIN_CLIENTS", "ops.internal")]).unwrap_err();
+    assert_eq!(e.variable, "AUTH_ADMIN_CLIENTS");
+    let c = config(&[
+        ("AUTH_TLS_CERT_FILE", "/c.pem"),
+        ("AUTH_TLS_KEY_FILE", "/k.pem"),
+        ("AUTH_TLS_CLIENT_CA_FILE", "/ca.pem"),
+        (
+            "AUTH_ADMIN_CLIENTS",
+            "ops.internal, spiffe://example.org/support",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.admin.clients,
+        ["ops.internal", "spiffe://example.org/support"]
+    );
+}

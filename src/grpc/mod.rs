@@ -1,5 +1,6 @@
 //! Transport only: proto messages in, domain calls, proto messages or a `Status` out.
 
+pub mod admin;
 pub mod browser;
 mod client_address;
 pub mod codec;
@@ -240,13 +241,13 @@ fn seconds(duration: std::time::Duration) -> i64 {
 
 /// A UUID in its hyphenated lower-case form, without the formatting machinery of `to_string`
 /// (Validate's hot path).
-fn uuid_text(id: uuid::Uuid) -> String {
+pub(super) fn uuid_text(id: uuid::Uuid) -> String {
     id.hyphenated()
         .encode_lower(&mut uuid::Uuid::encode_buffer())
         .to_owned()
 }
 
-fn timestamp(unix_seconds: i64) -> prost_types::Timestamp {
+pub(super) fn timestamp(unix_seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: unix_seconds,
         nanos: 0,
@@ -255,7 +256,7 @@ fn timestamp(unix_seconds: i64) -> prost_types::Timestamp {
 
 /// Runs one call and maps its error to the status the client sees (`observe` logs, counts
 /// and traces it).
-async fn answer<T>(
+pub(super) async fn answer<T>(
     call: impl Future<Output = Result<Response<T>, AuthError>>,
 ) -> Result<Response<T>, Status> {
     call.await.map_err(Status::from)

@@ -27,6 +27,15 @@ impl From<AuthError> for Status {
             AuthError::RefreshTokenExpired => (Code::Unauthenticated, "REFRESH_TOKEN_EXPIRED"),
             AuthError::RefreshTokenReused => (Code::Unauthenticated, "REFRESH_TOKEN_REUSED"),
             AuthError::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
+            AuthError::UserNotFound => (Code::NotFound, "USER_NOT_FOUND"),
+            AuthError::SessionNotFound => (Code::NotFound, "SESSION_NOT_FOUND"),
+            AuthError::AdminCredentialsMissing => {
+                (Code::Unauthenticated, "ADMIN_CREDENTIALS_MISSING")
+            }
+            AuthError::AdminCredentialsRefused => {
+                (Code::PermissionDenied, "ADMIN_CREDENTIALS_REFUSED")
+            }
+            AuthError::AdminThrottled { .. } => (Code::ResourceExhausted, "ADMIN_THROTTLED"),
             AuthError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
             AuthError::Throttled { .. } => (Code::ResourceExhausted, "LOGIN_THROTTLED"),
             AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
@@ -37,7 +46,9 @@ impl From<AuthError> for Status {
         }
         let retry_after = match err {
             AuthError::Overloaded => Some(OVERLOAD_RETRY_DELAY),
-            AuthError::Throttled { retry_after } => Some(retry_after),
+            AuthError::Throttled { retry_after } | AuthError::AdminThrottled { retry_after } => {
+                Some(retry_after)
+            }
             _ => None,
         };
         status(code, reason, err.to_string(), retry_after)

@@ -17,17 +17,18 @@ use tonic_health::{ServingStatus, pb::health_server::HealthServer};
 pub use health::{LIVENESS_SERVICE, SERVICE_NAME};
 
 use crate::{
-    auth::{Authenticator, PasswordHasher, RevokedSessions},
+    auth::{AdminAccess, Authenticator, PasswordHasher, RevokedSessions, UserAdmin},
     cleanup,
     config::{Config, DatabaseSettings, TransportSettings},
     grpc::{
         self, AuthGrpc,
+        admin::AdminGrpc,
         browser::{self, RefreshCookie},
         limits::InFlightLimit,
         observe::ObserveLayer,
     },
     listener::{BoundedListener, ConnectionInfo, ConnectionLimits, TrackCallsLayer},
-    proto::auth_service_server::AuthServiceServer,
+    proto::{admin_service_server::AdminServiceServer, auth_service_server::AuthServiceServer},
     store::Store,
     telemetry::CallSampler,
 };
@@ -49,6 +50,8 @@ struct GrpcPort {
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     auth: Arc<Authenticator>,
+    /// The AdminService, when configured.
+    admin: Option<AdminGrpc>,
     /// Which calls get a server span; `None` while tracing is off.
     call_sampler: Option<CallSampler>,
 }
@@ -85,6 +88,7 @@ impl Application {
             .load(&store)
             .await
             .context("while loading revoked sessions")?;
+        let admin = admin_service(&config, &store, &hasher, &revoked)?;
         let auth = Arc::new(Authenticator::new(
             &config.sessions,
             &config.login,
@@ -115,6 +119,7 @@ impl Application {
                 listener,
                 tls,
                 auth,
+                admin,
                 call_sampler: None,
             },
             http: HttpPort {
@@ -267,6 +272,14 @@ impl GrpcPort {
             settings.max_calls_in_flight,
             settings.call_timeout,
         );
+        let admin_service = self.admin.map(|admin| {
+            InFlightLimit::new(
+                AdminServiceServer::new(admin)
+                    .max_decoding_message_size(settings.max_request_bytes),
+                settings.max_calls_in_flight,
+                settings.call_timeout,
+            )
+        });
         let cors = browser::cors(&settings.browser.cors_origins).context("AUTH_CORS_ORIGINS")?;
         let observe = ObserveLayer::new(&transport::SERVED_DESCRIPTOR_SETS, self.call_sampler)
             .context("while reading the served services' descriptors")?;
@@ -295,6 +308,7 @@ impl GrpcPort {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(auth_service)
+            .add_optional_service(admin_service)
             .serve_with_incoming_shutdown(
                 BoundedListener::new(self.listener, limits).into_stream(),
                 signal,
@@ -322,6 +336,26 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<
         .await
         .context("while migrating the database")?;
     Ok(store)
+}
+
+/// The AdminService, when `AUTH_ADMIN_CLIENTS` or `AUTH_ADMIN_TOKEN_FILE` is set: the same
+/// user administration as the CLI, ending sessions on this replica's revocation set at once.
+fn admin_service(
+    config: &Config,
+    store: &Store,
+    hasher: &PasswordHasher,
+    revoked: &Arc<RevokedSessions>,
+) -> anyhow::Result<Option<AdminGrpc>> {
+    if !config.admin.enabled() {
+        return Ok(None);
+    }
+    let access = AdminAccess::new(&config.admin, config.login.address_backoff)
+        .context("while reading the admin credentials (AUTH_ADMIN_*)")?;
+    let session_max = chrono::TimeDelta::from_std(config.sessions.session_max_lifetime)
+        .unwrap_or(chrono::TimeDelta::MAX);
+    let admin = UserAdmin::new(store.clone(), hasher.clone(), config.login.password_policy)
+        .serving(Arc::clone(revoked), session_max);
+    Ok(Some(AdminGrpc::new(Arc::new(access), Arc::new(admin))))
 }
 
 /// The password hasher, able to verify every argon2 parameter set the stored hashes use.

@@ -6,6 +6,7 @@ mod batcher;
 mod cleanup;
 pub mod entity;
 mod error;
+mod login_attempts;
 mod refresh;
 mod rotation;
 mod sessions;
@@ -13,10 +14,11 @@ mod users;
 
 pub use cleanup::SweptSessions;
 pub use error::StoreError;
+pub use login_attempts::LoginReservation;
 pub use refresh::{LegacyToken, RefreshState, RotationOutcome};
 pub use rotation::{Credential, MAX_BATCH, RefreshClock, Rotated, rotation_statement};
-pub use sessions::{FIRST_GENERATION, NewSession, RevokedReason};
-pub use users::{LoginReservation, LoginUser};
+pub use sessions::{FIRST_GENERATION, NewSession, RevokedReason, SessionRecord};
+pub use users::{LoginUser, UserKey, UserRecord};
 
 use std::{path::PathBuf, str::FromStr, sync::Arc};
 

@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Statement, TransactionTrait,
+    Value,
     sea_query::{Expr, IntoCondition},
 };
 use uuid::Uuid;
@@ -47,6 +48,8 @@ pub enum RevokedReason {
     UserDisabled,
     /// The user's password was changed.
     PasswordChanged,
+    /// An administrator ended it.
+    Admin,
 }
 
 impl RevokedReason {
@@ -57,9 +60,28 @@ impl RevokedReason {
             Self::Reuse => "reuse",
             Self::UserDisabled => "user_disabled",
             Self::PasswordChanged => "password_changed",
+            Self::Admin => "admin",
         }
     }
 }
+
+/// A live session, as its user or an administrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session's id.
+    pub id: Uuid,
+    /// The login.
+    pub created_at: DateTime<Utc>,
+    /// Its last rotation, if it ever rotated.
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// When its current refresh token expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A user's live sessions; [`Store::live_sessions`] adds the page's bounds and order.
+const LIVE_SESSIONS: &str = "SELECT s.id, s.created_at, r.generation, r.rotated_at, r.expires_at \
+     FROM sessions s JOIN refresh_tokens r ON r.session_id = s.id \
+     WHERE s.user_id = $1 AND s.revoked_at IS NULL AND r.expires_at > $2 AND s.created_at > $3";
 
 impl Store {
     /// Opens a session with its refresh row, in one transaction and only while the user is
@@ -146,6 +168,71 @@ impl Store {
         let revoked = revoke_sessions_where(&self.db, condition, reason, now).await?;
         let ids = revoked.into_iter().map(|session| session.id).collect();
         Ok(Some((owned.user_id, ids)))
+    }
+
+    /// The owner of a session, and whether it is revoked; `None` if there is no such session.
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), session_id = %session_id))]
+    pub async fn session_owner(&self, session_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        Ok(session::Entity::find_by_id(session_id)
+            .one(&self.db)
+            .await?
+            .map(|session| session.user_id))
+    }
+
+    /// Revokes every live session of `user_id`; returns them.
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), user_id = %user_id))]
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        reason: RevokedReason,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let _turn = self.write_turn().await?;
+        let condition = session::Column::UserId.eq(user_id);
+        let revoked = revoke_sessions_where(&self.db, condition, reason, now).await?;
+        Ok(revoked.into_iter().map(|session| session.id).collect())
+    }
+
+    /// Up to `limit` live sessions of `user_id` (not revoked, token unexpired at `now`, begun
+    /// after `started_after`), newest first, continuing after `after` (a session's `created_at`
+    /// and id) when given.
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system(), user_id = %user_id))]
+    pub async fn live_sessions(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+        started_after: DateTime<Utc>,
+        limit: u64,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut values: Vec<Value> = vec![user_id.into(), now.into(), started_after.into()];
+        let mut sql = String::from(LIVE_SESSIONS);
+        if let Some((created_at, id)) = after {
+            sql.push_str(" AND (s.created_at < $4 OR (s.created_at = $4 AND s.id < $5))");
+            values.extend([created_at.into(), id.into()]);
+        }
+        sql.push_str(&format!(
+            " ORDER BY s.created_at DESC, s.id DESC LIMIT ${}",
+            values.len() + 1
+        ));
+        values.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
+        let backend = self.db.get_database_backend();
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let generation: i64 = row.try_get_by_index(2)?;
+                let rotated_at: DateTime<Utc> = row.try_get_by_index(3)?;
+                Ok(SessionRecord {
+                    id: row.try_get_by_index(0)?,
+                    created_at: row.try_get_by_index(1)?,
+                    last_refreshed_at: (generation > FIRST_GENERATION).then_some(rotated_at),
+                    expires_at: row.try_get_by_index(4)?,
+                })
+            })
+            .collect()
     }
 
     /// Sessions revoked after `since`, with when.

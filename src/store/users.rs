@@ -1,4 +1,4 @@
-//! Users and their failed logins: the queries of login, the CLI and user administration.
+//! Users: the queries of login, the CLI and user administration.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
@@ -6,25 +6,51 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    entity::{known_login_client, login_attempt, session, user},
-    missing, now,
+    entity::{session, user},
+    now,
     sessions::{RevokedReason, revoke_sessions_where},
 };
 
-/// The outcome of [`Store::reserve_login_attempt`].
+/// How a caller names a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginReservation {
-    /// The attempt may check its password; it is counted as the `failures`-th failure until
-    /// a success clears the count.
-    Granted {
-        /// The account's failures, this attempt included.
-        failures: u32,
-    },
-    /// An earlier failure blocks attempts until then.
-    Blocked {
-        /// When the block ends.
-        until: DateTime<Utc>,
-    },
+pub enum UserKey<'a> {
+    /// By id.
+    Id(Uuid),
+    /// By normalised email.
+    Email(&'a str),
+}
+
+impl UserKey<'_> {
+    fn condition(self) -> sea_orm::sea_query::SimpleExpr {
+        match self {
+            Self::Id(id) => user::Column::Id.eq(id),
+            Self::Email(email) => user::Column::Email.eq(email),
+        }
+    }
+}
+
+/// A user, as an administrator sees it: never the password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user's id.
+    pub id: Uuid,
+    /// The normalised email.
+    pub email: String,
+    /// When the user was added.
+    pub created_at: DateTime<Utc>,
+    /// When the user was disabled, if they are.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<user::Model> for UserRecord {
+    fn from(user: user::Model) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            created_at: user.created_at,
+            disabled_at: user.disabled_at,
+        }
+    }
 }
 
 /// A user, as a login needs it.
@@ -114,163 +140,6 @@ impl Store {
         }
     }
 
-    /// Reserves a login attempt for `email` before its password is checked: counted as a
-    /// failure at once (failures before `forget_before` forgotten), so that concurrent
-    /// guesses on any replica each take a count, and blocking the next attempt until
-    /// `block_end(count, now)`. Refused, and not counted, while an earlier block lasts.
-    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn reserve_login_attempt(
-        &self,
-        email: &str,
-        now: DateTime<Utc>,
-        forget_before: DateTime<Utc>,
-        block_end: impl Fn(u32, DateTime<Utc>) -> DateTime<Utc>,
-    ) -> Result<LoginReservation, StoreError> {
-        let _turn = self.write_turn().await?;
-        use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
-        let txn = self.db.begin().await?;
-        // One atomic increment, which on PostgreSQL also locks the row until the commit:
-        // concurrent reservations of one account take their counts one after another.
-        let count = Expr::case(
-            Expr::col((login_attempt::Entity, login_attempt::Column::LastFailureAt))
-                .lt(forget_before),
-            1,
-        )
-        .finally(Expr::col((login_attempt::Entity, login_attempt::Column::Failures)).add(1));
-        login_attempt::Entity::insert(login_attempt::ActiveModel {
-            email: Set(email.to_owned()),
-            failures: Set(1),
-            last_failure_at: Set(now),
-            blocked_until: Set(now),
-        })
-        .on_conflict(
-            OnConflict::column(login_attempt::Column::Email)
-                .value(login_attempt::Column::Failures, count)
-                .value(login_attempt::Column::LastFailureAt, now)
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        let Some(row) = login_attempt::Entity::find_by_id(email.to_owned())
-            .one(&txn)
-            .await?
-        else {
-            return Err(missing("login attempt just written"));
-        };
-        if row.blocked_until > now {
-            txn.rollback().await?;
-            return Ok(LoginReservation::Blocked {
-                until: row.blocked_until,
-            });
-        }
-        let failures = u32::try_from(row.failures).unwrap_or(u32::MAX);
-        login_attempt::Entity::update_many()
-            .col_expr(
-                login_attempt::Column::BlockedUntil,
-                block_end(failures, now).into(),
-            )
-            .filter(login_attempt::Column::Email.eq(email))
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
-        Ok(LoginReservation::Granted { failures })
-    }
-
-    /// Gives back a reservation whose password was never checked (the hashing queue was full,
-    /// the database failed): one count less, and the block of one failure less.
-    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn release_login_attempt(
-        &self,
-        email: &str,
-        now: DateTime<Utc>,
-        block_end: impl Fn(u32, DateTime<Utc>) -> DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await?;
-        let txn = self.db.begin().await?;
-        let Some(row) = login_attempt::Entity::find_by_id(email.to_owned())
-            .one(&txn)
-            .await?
-        else {
-            return Ok(());
-        };
-        let failures = row.failures.saturating_sub(1).max(0);
-        login_attempt::Entity::update_many()
-            .col_expr(login_attempt::Column::Failures, failures.into())
-            .col_expr(
-                login_attempt::Column::BlockedUntil,
-                block_end(u32::try_from(failures).unwrap_or(0), now).into(),
-            )
-            .filter(login_attempt::Column::Email.eq(email))
-            .exec(&txn)
-            .await?;
-        txn.commit().await?;
-        Ok(())
-    }
-
-    /// Records that a login of `email` succeeded from `client` at `now`.
-    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn remember_login_client(
-        &self,
-        email: &str,
-        client: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        use sea_orm::sea_query::OnConflict;
-        let _turn = self.write_turn().await?;
-        known_login_client::Entity::insert(known_login_client::ActiveModel {
-            email: Set(email.to_owned()),
-            client: Set(client.to_owned()),
-            last_success_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::columns([
-                known_login_client::Column::Email,
-                known_login_client::Column::Client,
-            ])
-            .update_column(known_login_client::Column::LastSuccessAt)
-            .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
-    }
-
-    /// Whether a login of `email` succeeded from `client` since `since`.
-    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn is_known_login_client(
-        &self,
-        email: &str,
-        client: &str,
-        since: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(
-            known_login_client::Entity::find_by_id((email.to_owned(), client.to_owned()))
-                .one(&self.db)
-                .await?
-                .is_some_and(|known| known.last_success_at >= since),
-        )
-    }
-
-    /// Forgets that `client` ever logged in as `email` (after it failed to, while trusted).
-    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn forget_login_client(&self, email: &str, client: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await?;
-        known_login_client::Entity::delete_by_id((email.to_owned(), client.to_owned()))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
-    /// Forgets the failed logins of `email` (after a success).
-    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn clear_login_failures(&self, email: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await?;
-        login_attempt::Entity::delete_by_id(email.to_owned())
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
     /// Replaces a user's password hash, only if it is still `old_hash`; false otherwise. The
     /// same password under new parameters: `updated_at` stays, so logins racing this one,
     /// which verified the old hash, still open their sessions ([`Store::create_session`]).
@@ -292,26 +161,36 @@ impl Store {
         Ok(updated == 1)
     }
 
-    /// Sets a user's password hash and revokes all their sessions, in one transaction; `None` if
-    /// no user has that email.
+    /// The user `key` names.
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
+    pub async fn user(&self, key: UserKey<'_>) -> Result<Option<UserRecord>, StoreError> {
+        Ok(user::Entity::find()
+            .filter(key.condition())
+            .one(&self.db)
+            .await?
+            .map(UserRecord::from))
+    }
+
+    /// Sets a user's password hash and revokes all their sessions, in one transaction; the
+    /// user and the sessions revoked, or `None` if `key` names no user.
     #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn set_password(
         &self,
-        email: &str,
+        key: UserKey<'_>,
         password_hash: &str,
-    ) -> Result<Option<Uuid>, StoreError> {
+    ) -> Result<Option<(Uuid, Vec<Uuid>)>, StoreError> {
         let _turn = self.write_turn().await?;
         let now = now();
         let txn = self.db.begin().await?;
         let updated = user::Entity::update_many()
             .col_expr(user::Column::PasswordHash, password_hash.into())
             .col_expr(user::Column::UpdatedAt, now.into())
-            .filter(user::Column::Email.eq(email))
+            .filter(key.condition())
             .exec(&txn)
             .await?
             .rows_affected;
         let user = user::Entity::find()
-            .filter(user::Column::Email.eq(email))
+            .filter(key.condition())
             .one(&txn)
             .await?;
         let Some(user) = user.filter(|_| updated == 1) else {
@@ -319,29 +198,38 @@ impl Store {
             return Ok(None);
         };
         let reason = RevokedReason::PasswordChanged;
-        revoke_sessions_where(&txn, session::Column::UserId.eq(user.id), reason, now).await?;
+        let revoked =
+            revoke_sessions_where(&txn, session::Column::UserId.eq(user.id), reason, now).await?;
         txn.commit().await?;
-        Ok(Some(user.id))
+        Ok(Some((user.id, revoked.into_iter().map(|s| s.id).collect())))
     }
 
-    /// Marks a user disabled and revokes all their sessions, in one transaction; `None` if no
-    /// user has that email.
+    /// Marks a user disabled (if not already) and revokes all their sessions, in one
+    /// transaction; the user and the sessions revoked, or `None` if `key` names no user.
     #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn disable_user(&self, email: &str) -> Result<Option<Uuid>, StoreError> {
+    pub async fn disable_user(
+        &self,
+        key: UserKey<'_>,
+    ) -> Result<Option<(UserRecord, Vec<Uuid>)>, StoreError> {
         let _turn = self.write_turn().await?;
-        let Some(user) = self.user_by_email(email).await? else {
-            return Ok(None);
-        };
         let now = now();
         let txn = self.db.begin().await?;
         user::Entity::update_many()
             .col_expr(user::Column::DisabledAt, now.into())
             .col_expr(user::Column::UpdatedAt, now.into())
-            .filter(user::Column::Id.eq(user.id))
+            .filter(key.condition())
             .filter(user::Column::DisabledAt.is_null())
             .exec(&txn)
             .await?;
-        revoke_sessions_where(
+        let Some(user) = user::Entity::find()
+            .filter(key.condition())
+            .one(&txn)
+            .await?
+        else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let revoked = revoke_sessions_where(
             &txn,
             session::Column::UserId.eq(user.id),
             RevokedReason::UserDisabled,
@@ -349,6 +237,30 @@ impl Store {
         )
         .await?;
         txn.commit().await?;
-        Ok(Some(user.id))
+        Ok(Some((
+            UserRecord::from(user),
+            revoked.into_iter().map(|s| s.id).collect(),
+        )))
+    }
+
+    /// Lets a disabled user log in again; the user, or `None` if `key` names no user.
+    #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
+    pub async fn enable_user(&self, key: UserKey<'_>) -> Result<Option<UserRecord>, StoreError> {
+        let _turn = self.write_turn().await?;
+        user::Entity::update_many()
+            .col_expr(
+                user::Column::DisabledAt,
+                Option::<DateTime<Utc>>::None.into(),
+            )
+            .col_expr(user::Column::UpdatedAt, now().into())
+            .filter(key.condition())
+            .filter(user::Column::DisabledAt.is_not_null())
+            .exec(&self.db)
+            .await?;
+        Ok(user::Entity::find()
+            .filter(key.condition())
+            .one(&self.db)
+            .await?
+            .map(UserRecord::from))
     }
 }

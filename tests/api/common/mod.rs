@@ -9,7 +9,7 @@ pub mod rows;
 use std::{net::SocketAddr, path::PathBuf, sync::Once, time::Duration};
 
 use authd::{
-    auth::{Email, PasswordHasher, UserAdmin},
+    auth::{Email, PasswordHasher, UserAdmin, UserRef},
     config::Config,
     proto::{
         LoginRequest, LoginResponse, LogoutRequest, RefreshRequest, RefreshResponse,
@@ -167,12 +167,12 @@ impl TestApp {
 
     /// Disables a user directly through the domain, as `authd user disable` would.
     pub async fn disable_user(&self, email: &str) {
-        let found = user_admin(&self.config)
+        let user = UserRef::Email(Email::parse(email).unwrap());
+        user_admin(&self.config)
             .await
-            .disable_user(Email::parse(email).unwrap())
+            .disable_user(&user, "test")
             .await
             .expect("user disabled");
-        assert!(found, "no user {email}");
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Status> {
@@ -209,7 +209,7 @@ pub async fn add_user_with(db: &TestDatabase, extra: &[(&str, &str)], email: &st
 async fn add_user_on(config: &Config, email: &str, password: &str) {
     user_admin(config)
         .await
-        .add_user(Email::parse(email).unwrap(), password.into())
+        .create_user(Email::parse(email).unwrap(), password.into(), "test")
         .await
         .expect("user added");
 }
