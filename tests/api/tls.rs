@@ -10,7 +10,7 @@ use authd::{
 use common::{Backend, TestDatabase, settings};
 use std::os::unix::fs::PermissionsExt as _;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
@@ -21,6 +21,10 @@ struct Pki {
     dir: tempfile::TempDir,
     ca_pem: String,
     client: (String, String),
+    /// A client whose certificate names only `intruder.example`.
+    intruder: (String, String),
+    /// A client named by a URI SAN, as SPIFFE workloads are.
+    workload: (String, String),
 }
 
 impl Pki {
@@ -28,14 +32,12 @@ impl Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |name: &str| {
+        let leaf_with = |params: CertificateParams| {
             let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(vec![name.to_owned()])
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
             (cert.pem(), key.serialize_pem())
         };
+        let leaf = |name: &str| leaf_with(CertificateParams::new(vec![name.to_owned()]).unwrap());
         let (server_cert, server_key) = leaf("localhost");
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = ca.as_ref().pem();
@@ -49,10 +51,16 @@ impl Pki {
         // A private key others may read is refused at start.
         let key = dir.path().join("server.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut workload = CertificateParams::new(Vec::<String>::new()).unwrap();
+        workload.subject_alt_names = vec![SanType::URI(
+            "spiffe://example.org/support-tool".try_into().unwrap(),
+        )];
         Self {
             dir,
             ca_pem,
             client: leaf("client.example"),
+            intruder: leaf("intruder.example"),
+            workload: leaf_with(workload),
         }
     }
 
@@ -69,6 +77,27 @@ async fn start(db: &TestDatabase, extra: &[(&str, &str)]) -> std::net::SocketAdd
     addr
 }
 
+/// A TLS channel trusting the test CA, presenting `identity` if given.
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    identity: Option<&(String, String)>,
+) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
 /// Connects over TLS, trusting the test CA, optionally presenting a client certificate, and
 /// makes one call: a handshake failure shows as an error here.
 async fn call(
@@ -76,19 +105,7 @@ async fn call(
     pki: &Pki,
     identity: Option<&(String, String)>,
 ) -> Result<Code, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .domain_name("localhost");
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    let channel = Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let channel = tls_channel(addr, pki, identity).await?;
     let answer = AuthServiceClient::new(channel)
         .validate(ValidateRequest {
             access_token: "x".into(),
@@ -153,6 +170,44 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     assert!(
         !matches!(foreign, Ok(Code::Unauthenticated | Code::Ok)),
         "{foreign:?}"
+    );
+}
+
+/// The AdminService admits a client certificate naming a listed identity, by DNS or URI SAN,
+/// and refuses one from the same CA that names another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_callers_are_known_by_their_certificate_names() {
+    use authd::proto::{
+        GetUserRequest, admin_service_client::AdminServiceClient, get_user_request,
+    };
+    let pki = Pki::new();
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let paths = [
+        ("AUTH_TLS_CERT_FILE", pki.path("server.pem")),
+        ("AUTH_TLS_KEY_FILE", pki.path("server.key")),
+        ("AUTH_TLS_CLIENT_CA_FILE", pki.path("ca.pem")),
+        (
+            "AUTH_ADMIN_CLIENTS",
+            "client.example,spiffe://example.org/support-tool".to_owned(),
+        ),
+    ];
+    let addr = start(&db, &as_settings(&paths)).await;
+    let pki = &pki;
+    let get_user = |identity| async move {
+        let channel = tls_channel(addr, pki, Some(identity)).await.unwrap();
+        AdminServiceClient::new(channel)
+            .get_user(GetUserRequest {
+                user: Some(get_user_request::User::Email("nobody@example.com".into())),
+            })
+            .await
+    };
+    for listed in [&pki.client, &pki.workload] {
+        common::assert_refused(get_user(listed).await, Code::NotFound, "USER_NOT_FOUND");
+    }
+    common::assert_refused(
+        get_user(&pki.intruder).await,
+        Code::PermissionDenied,
+        "ADMIN_CREDENTIALS_REFUSED",
     );
 }
 
