@@ -23,6 +23,7 @@ on_both_backends!(
     sessions_are_listed_newest_first_in_stable_pages,
     revoking_a_session_ends_it_and_leaves_the_others,
     a_new_password_ends_every_session_and_disabling_is_undone_by_enabling,
+    grpcurl_lists_describes_and_calls_the_admin_service,
 );
 
 const TOKEN: &str = "admin-token-for-the-support-tool";
@@ -392,6 +393,46 @@ async fn a_new_password_ends_every_session_and_disabling_is_undone_by_enabling(b
     app.login("alice@example.com", new_password)
         .await
         .expect("enabled again");
+}
+
+/// An operator's tool: grpcurl lists and describes the AdminService, and creates a user with
+/// an admin token.
+async fn grpcurl_lists_describes_and_calls_the_admin_service(backend: Backend) {
+    use common::process::grpcurl;
+    let server = AdminApp::spawn(backend).await;
+    let addr = server.app.addr.to_string();
+    let (ok, listed, errors) = grpcurl(&[&addr, "list"]).await;
+    assert!(ok, "grpcurl list: {errors}");
+    assert!(
+        listed.lines().any(|l| l == "auth.v1.AdminService"),
+        "{listed}"
+    );
+    let (ok, described, errors) = grpcurl(&[&addr, "describe", "auth.v1.AdminService"]).await;
+    assert!(ok, "grpcurl describe: {errors}");
+    assert!(described.contains("rpc CreateUser"), "{described}");
+
+    let body = format!(r#"{{"email": "ops@example.com", "password": "{PASSWORD}"}}"#);
+    let authorization = format!("authorization: Bearer {TOKEN}");
+    let create = [
+        "-H",
+        &authorization,
+        "-d",
+        &body,
+        &addr,
+        "auth.v1.AdminService/CreateUser",
+    ];
+    let (ok, created, errors) = grpcurl(&create).await;
+    assert!(ok, "grpcurl CreateUser: {errors}");
+    assert!(
+        created.contains(r#""email": "ops@example.com""#),
+        "{created}"
+    );
+    let (ok, _, errors) = grpcurl(&create[2..]).await;
+    assert!(!ok, "a call without the token is refused");
+    assert!(
+        errors.contains(r#""reason":"ADMIN_CREDENTIALS_MISSING""#),
+        "{errors}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

