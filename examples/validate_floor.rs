@@ -7,11 +7,17 @@
 #![allow(clippy::expect_used)] // a measuring tool: failing loudly is right
 
 use authd::proto::{
+    ChangePasswordRequest, ChangePasswordResponse, ListMySessionsRequest, ListMySessionsResponse,
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
-    ValidateRequest, ValidateResponse,
+    RevokeMySessionRequest, RevokeMySessionResponse, ValidateRequest, ValidateResponse,
     auth_service_server::{AuthService, AuthServiceServer},
 };
 use tonic::{Request, Response, Status};
+
+/// What the floor answers every call but Validate.
+fn validate_only<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("the floor answers Validate only"))
+}
 
 /// Answers Validate with the same message, whatever the token.
 #[derive(Debug)]
@@ -20,18 +26,39 @@ struct FixedValidate(ValidateResponse);
 #[tonic::async_trait]
 impl AuthService for FixedValidate {
     async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
-        Err(Status::unimplemented("the floor answers Validate only"))
+        validate_only()
     }
 
     async fn refresh(
         &self,
         _: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        Err(Status::unimplemented("the floor answers Validate only"))
+        validate_only()
     }
 
     async fn logout(&self, _: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
-        Err(Status::unimplemented("the floor answers Validate only"))
+        validate_only()
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<ListMySessionsRequest>,
+    ) -> Result<Response<ListMySessionsResponse>, Status> {
+        validate_only()
+    }
+
+    async fn revoke_session(
+        &self,
+        _: Request<RevokeMySessionRequest>,
+    ) -> Result<Response<RevokeMySessionResponse>, Status> {
+        validate_only()
+    }
+
+    async fn change_password(
+        &self,
+        _: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        validate_only()
     }
 
     async fn validate(

@@ -11,7 +11,7 @@ use super::{
     AuthError, Authenticator, Email, FAILURE_MEMORY, Issued, IssuedTokens, KNOWN_CLIENT_MEMORY,
     Password, Verification, refresh, refresh_token::random_secret, throttle_key,
 };
-use crate::store::{self, FIRST_GENERATION, LoginReservation, NewSession};
+use crate::store::{self, FIRST_GENERATION, LoginReservation, LoginUser, NewSession, UserKey};
 
 /// Who is logging in, as far as the caller can tell.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,11 +48,72 @@ impl Authenticator {
         let client = login_client.address;
         let user_agent = login_client.user_agent.as_deref();
         let _turn = self.turns.take(email.as_str()).await?;
-        let admission = self.admit(&email, client).await?;
+        let (user, verification) = self
+            .check_password(&email, password, client, user_agent)
+            .await?;
+        if let Verification::MatchRehashed(new_hash) = verification {
+            // Conditional on the old hash, so a concurrent password change is never undone.
+            let replaced = self
+                .store
+                .replace_password_hash(user.id, &user.password_hash, &new_hash)
+                .await?;
+            if replaced {
+                audit!(event = "password_rehashed", user_id = %user.id);
+            }
+        }
+
+        let now = store::now();
+        let secret = random_secret()?;
+        let expires_at = self
+            .lifetimes
+            .token_expiry(now)
+            .min(self.lifetimes.session_end(now));
+        let session = NewSession {
+            session_id: Uuid::new_v4(),
+            user_id: user.id,
+            user_seen_at: user.updated_at,
+            created_at: now,
+            secret_hash: refresh::secret_hash(&secret),
+            expires_at,
+        };
+        if !self.store.create_session(&session).await? {
+            // Disabled, or its password changed, while this login was hashing: that wins.
+            audit!(event = "login_superseded", user_id = %user.id);
+            crate::metrics::login_failed();
+            return Err(AuthError::InvalidCredentials);
+        }
+        audit!(event = "login", user_id = %user.id, session_id = %session.session_id, client = ?client, user_agent = ?user_agent);
+        let issued = Issued {
+            user_id: user.id,
+            email: &user.email,
+            session_id: session.session_id,
+            now,
+            refresh_token: self
+                .refresh_key
+                .seal(session.session_id, FIRST_GENERATION, &secret),
+            refresh_expires_at: expires_at,
+        };
+        self.issue(issued)
+    }
+
+    /// Checks `password` against the account of `email` the way a login does: through the
+    /// throttles first, a full verification whether or not the account exists, the failure
+    /// counted or the success's reservation given back. The caller holds the account's turn.
+    pub(super) async fn check_password(
+        &self,
+        email: &Email,
+        password: Password,
+        client: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<(LoginUser, Verification), AuthError> {
+        let admission = self.admit(email, client).await?;
         let backoff = self.account_backoff;
 
         let checked = async {
-            let user = self.store.user_by_email(email.as_str()).await?;
+            let user = self
+                .store
+                .login_user(UserKey::Email(email.as_str()))
+                .await?;
             // A disabled user is checked against the dummy, as an unknown email is.
             let stored_hash = user
                 .as_ref()
@@ -108,49 +169,7 @@ impl Authenticator {
                 .remember_login_client(email.as_str(), &key, store::now())
                 .await?;
         }
-        if let Verification::MatchRehashed(new_hash) = verification {
-            // Conditional on the old hash, so a concurrent password change is never undone.
-            let replaced = self
-                .store
-                .replace_password_hash(user.id, &user.password_hash, &new_hash)
-                .await?;
-            if replaced {
-                audit!(event = "password_rehashed", user_id = %user.id);
-            }
-        }
-
-        let now = store::now();
-        let secret = random_secret()?;
-        let expires_at = self
-            .lifetimes
-            .token_expiry(now)
-            .min(self.lifetimes.session_end(now));
-        let session = NewSession {
-            session_id: Uuid::new_v4(),
-            user_id: user.id,
-            user_seen_at: user.updated_at,
-            created_at: now,
-            secret_hash: refresh::secret_hash(&secret),
-            expires_at,
-        };
-        if !self.store.create_session(&session).await? {
-            // Disabled, or its password changed, while this login was hashing: that wins.
-            audit!(event = "login_superseded", user_id = %user.id);
-            crate::metrics::login_failed();
-            return Err(AuthError::InvalidCredentials);
-        }
-        audit!(event = "login", user_id = %user.id, session_id = %session.session_id, client = ?client, user_agent = ?user_agent);
-        let issued = Issued {
-            user_id: user.id,
-            email: &user.email,
-            session_id: session.session_id,
-            now,
-            refresh_token: self
-                .refresh_key
-                .seal(session.session_id, FIRST_GENERATION, &secret),
-            refresh_expires_at: expires_at,
-        };
-        self.issue(issued)
+        Ok((user, verification))
     }
 
     /// Lets a login through the throttles, before its password is checked: reserves its

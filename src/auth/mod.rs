@@ -17,6 +17,7 @@ mod password;
 mod refresh;
 mod refresh_token;
 mod revocation;
+mod self_service;
 mod throttle;
 mod users;
 mod verified;
@@ -47,7 +48,7 @@ pub use users::{MAX_PAGE_SIZE, SessionPage, UserAdmin, UserRef};
 pub use verified::VerifiedTokens;
 
 use crate::{
-    config::{Backoff, LoginSettings, SessionSettings},
+    config::{Backoff, LoginSettings, PasswordPolicy, SessionSettings},
     store::{self, RevokedReason, Store},
 };
 
@@ -94,6 +95,8 @@ pub struct Authenticator {
     addresses: AddressThrottle,
     turns: AccountTurns,
     grace: Option<ReuseGrace>,
+    /// What a new password must be.
+    policy: PasswordPolicy,
 }
 
 /// `AUTH_REFRESH_REUSE_GRACE`: one retry with the parent of a session's newest token, within
@@ -137,6 +140,7 @@ impl Authenticator {
             revoked,
             access_token_ttl: sessions.access_token_ttl,
             account_backoff: login.account_backoff,
+            policy: login.password_policy,
             addresses: AddressThrottle::new(login.address_backoff),
             turns: AccountTurns::default(),
             lifetimes: Lifetimes {

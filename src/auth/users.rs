@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{AuthError, Email, Password, PasswordHasher, RevokedSessions};
 use crate::{
     config::PasswordPolicy,
-    store::{self, RevokedReason, SessionRecord, Store, UserKey, UserRecord},
+    store::{self, EndSessions, RevokedReason, SessionRecord, Store, UserKey, UserRecord},
 };
 
 /// The most sessions one page lists.
@@ -113,7 +113,7 @@ impl UserAdmin {
         let hash = self.hasher.hash(password).await?;
         let (user_id, revoked) = self
             .store
-            .set_password(user.key(), &hash)
+            .set_password(user.key(), &hash, EndSessions::All)
             .await?
             .ok_or(AuthError::UserNotFound)?;
         self.apply(&revoked);
@@ -153,49 +153,14 @@ impl UserAdmin {
         page_token: &str,
     ) -> Result<SessionPage, AuthError> {
         let user_id = self.user(user).await?.id;
-        self.sessions_of(user_id, page_size, page_token).await
-    }
-
-    /// A page of `user_id`'s live sessions (see [`Self::list_sessions`]).
-    pub async fn sessions_of(
-        &self,
-        user_id: Uuid,
-        page_size: u32,
-        page_token: &str,
-    ) -> Result<SessionPage, AuthError> {
-        let size = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            1..=MAX_PAGE_SIZE => page_size,
-            _ => {
-                return Err(AuthError::InvalidArgument {
-                    field: "page_size",
-                    problem: "must be at most 100",
-                });
-            }
-        };
-        let after = match page_token {
-            "" => None,
-            token => Some(parse_page_token(token)?),
-        };
-        let now = store::now();
-        let started_after = now
-            .checked_sub_signed(self.session_max)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        // One more than asked: whether there is a next page, without a count.
-        let mut sessions = self
-            .store
-            .live_sessions(user_id, now, started_after, u64::from(size) + 1, after)
-            .await?;
-        let next_page_token = if sessions.len() > size as usize {
-            sessions.truncate(size as usize);
-            sessions.last().map(page_token_of)
-        } else {
-            None
-        };
-        Ok(SessionPage {
-            sessions,
-            next_page_token,
-        })
+        session_page(
+            &self.store,
+            user_id,
+            self.session_max,
+            page_size,
+            page_token,
+        )
+        .await
     }
 
     /// Ends one session; ending an ended one is OK, an unknown one is NOT_FOUND.
@@ -235,6 +200,50 @@ impl UserAdmin {
             }
         }
     }
+}
+
+/// A page of `user_id`'s live sessions, newest first, none older than `session_max`.
+/// `page_size` 0 means the default; `page_token` is the previous page's `next_page_token`,
+/// or empty.
+pub(super) async fn session_page(
+    store: &Store,
+    user_id: Uuid,
+    session_max: TimeDelta,
+    page_size: u32,
+    page_token: &str,
+) -> Result<SessionPage, AuthError> {
+    let size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        1..=MAX_PAGE_SIZE => page_size,
+        _ => {
+            return Err(AuthError::InvalidArgument {
+                field: "page_size",
+                problem: "must be at most 100",
+            });
+        }
+    };
+    let after = match page_token {
+        "" => None,
+        token => Some(parse_page_token(token)?),
+    };
+    let now = store::now();
+    let started_after = now
+        .checked_sub_signed(session_max)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    // One more than asked: whether there is a next page, without a count.
+    let mut sessions = store
+        .live_sessions(user_id, now, started_after, u64::from(size) + 1, after)
+        .await?;
+    let next_page_token = if sessions.len() > size as usize {
+        sessions.truncate(size as usize);
+        sessions.last().map(page_token_of)
+    } else {
+        None
+    };
+    Ok(SessionPage {
+        sessions,
+        next_page_token,
+    })
 }
 
 /// A page token: where the page's last session sits in the order, `created_at` (microseconds)

@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status, transport::server::TlsConnectInfo};
-use uuid::Uuid;
 
-use super::{answer, timestamp, uuid_text};
+use super::{answer, parse_id, timestamp, uuid_text};
 use crate::{
     auth::{AdminAccess, AdminCaller, AdminCredentials, AuthError, Email, UserAdmin, UserRef},
     listener::ConnectionInfo,
@@ -103,13 +102,6 @@ macro_rules! named_user {
             None => user_ref(None, None),
         }
     };
-}
-
-fn parse_id(text: &str, field: &'static str) -> Result<Uuid, AuthError> {
-    Uuid::try_parse(text).map_err(|_| AuthError::InvalidArgument {
-        field,
-        problem: "must be a UUID",
-    })
 }
 
 fn user_message(user: UserRecord) -> User {

@@ -6,6 +6,7 @@ mod client_address;
 pub mod codec;
 pub mod limits;
 pub mod observe;
+mod self_service;
 mod status;
 
 use std::{future::Future, sync::Arc};
@@ -17,8 +18,10 @@ use crate::{
     auth::{AuthError, Authenticator, Email, IssuedTokens, LoginClient, Password, RefreshToken},
     config::ClientAddressRule,
     proto::{
-        Client, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest,
-        RefreshResponse, ValidateRequest, ValidateResponse, auth_service_server::AuthService,
+        ChangePasswordRequest, ChangePasswordResponse, Client, ListMySessionsRequest,
+        ListMySessionsResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
+        RefreshRequest, RefreshResponse, RevokeMySessionRequest, RevokeMySessionResponse,
+        ValidateRequest, ValidateResponse, auth_service_server::AuthService,
     },
 };
 
@@ -84,9 +87,9 @@ impl AuthGrpc {
 
     /// The end user behind a Login: its `client` field, and where that states no address,
     /// the address `x-forwarded-for` or the peer give by the configured rule.
-    fn login_client(
+    fn login_client<T>(
         &self,
-        request: &Request<LoginRequest>,
+        request: &Request<T>,
         stated: Option<Client>,
     ) -> Result<LoginClient, AuthError> {
         let Client {
@@ -110,6 +113,27 @@ impl AuthGrpc {
 
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
+    async fn list_sessions(
+        &self,
+        request: Request<ListMySessionsRequest>,
+    ) -> Result<Response<ListMySessionsResponse>, Status> {
+        answer(self.own_sessions(request)).await
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeMySessionRequest>,
+    ) -> Result<Response<RevokeMySessionResponse>, Status> {
+        answer(self.revoke_own_session(request)).await
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        answer(AuthGrpc::change_password(self, request)).await
+    }
+
     async fn login(
         &self,
         mut request: Request<LoginRequest>,
@@ -241,6 +265,14 @@ fn seconds(duration: std::time::Duration) -> i64 {
 
 /// A UUID in its hyphenated lower-case form, without the formatting machinery of `to_string`
 /// (Validate's hot path).
+/// A UUID request field.
+fn parse_id(text: &str, field: &'static str) -> Result<uuid::Uuid, AuthError> {
+    uuid::Uuid::try_parse(text).map_err(|_| AuthError::InvalidArgument {
+        field,
+        problem: "must be a UUID",
+    })
+}
+
 pub(super) fn uuid_text(id: uuid::Uuid) -> String {
     id.hyphenated()
         .encode_lower(&mut uuid::Uuid::encode_buffer())

@@ -1,7 +1,10 @@
 //! Users: the queries of login, the CLI and user administration.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, SqlErr, TransactionTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, ExprTrait as _, QueryFilter, SqlErr,
+    TransactionTrait,
+};
 use uuid::Uuid;
 
 use super::{
@@ -27,6 +30,17 @@ impl UserKey<'_> {
             Self::Email(email) => user::Column::Email.eq(email),
         }
     }
+}
+
+/// Which of a user's sessions a password change ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndSessions {
+    /// Every one.
+    All,
+    /// Every one but this (the session that asked).
+    AllBut(Uuid),
+    /// None.
+    None,
 }
 
 /// A user, as an administrator sees it: never the password hash.
@@ -70,11 +84,11 @@ pub struct LoginUser {
 }
 
 impl Store {
-    /// The user with this (normalised) email.
+    /// The user `key` names, with what a login checks.
     #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<LoginUser>, StoreError> {
+    pub async fn login_user(&self, key: UserKey<'_>) -> Result<Option<LoginUser>, StoreError> {
         Ok(user::Entity::find()
-            .filter(user::Column::Email.eq(email))
+            .filter(key.condition())
             .one(&self.db)
             .await?
             .map(|user| LoginUser {
@@ -171,13 +185,14 @@ impl Store {
             .map(UserRecord::from))
     }
 
-    /// Sets a user's password hash and revokes all their sessions, in one transaction; the
-    /// user and the sessions revoked, or `None` if `key` names no user.
+    /// Sets a user's password hash and revokes the sessions `end` names, in one transaction;
+    /// the user and the sessions revoked, or `None` if `key` names no user.
     #[tracing::instrument(target = "authd::db", skip_all, fields(db.system.name = self.db_system()))]
     pub async fn set_password(
         &self,
         key: UserKey<'_>,
         password_hash: &str,
+        end: EndSessions,
     ) -> Result<Option<(Uuid, Vec<Uuid>)>, StoreError> {
         let _turn = self.write_turn().await?;
         let now = now();
@@ -197,9 +212,18 @@ impl Store {
             txn.rollback().await?;
             return Ok(None);
         };
-        let reason = RevokedReason::PasswordChanged;
-        let revoked =
-            revoke_sessions_where(&txn, session::Column::UserId.eq(user.id), reason, now).await?;
+        let owned = session::Column::UserId.eq(user.id);
+        let condition = match end {
+            EndSessions::All => Some(owned),
+            EndSessions::AllBut(kept) => Some(owned.and(session::Column::Id.ne(kept))),
+            EndSessions::None => None,
+        };
+        let revoked = match condition {
+            Some(condition) => {
+                revoke_sessions_where(&txn, condition, RevokedReason::PasswordChanged, now).await?
+            }
+            None => Vec::new(),
+        };
         txn.commit().await?;
         Ok(Some((user.id, revoked.into_iter().map(|s| s.id).collect())))
     }

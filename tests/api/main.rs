@@ -18,6 +18,7 @@ mod observability;
 mod operations;
 mod reliability;
 mod security;
+mod self_service;
 mod sessions;
 mod tls;
 mod traces;

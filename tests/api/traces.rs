@@ -230,7 +230,7 @@ async fn a_login_is_traced_under_the_callers_trace_with_child_spans_and_no_secre
         .map(|span| span.name.as_str())
         .collect();
     assert!(
-        statements.contains(&"user_by_email") && statements.contains(&"create_session"),
+        statements.contains(&"login_user") && statements.contains(&"create_session"),
         "statement spans under Login: {statements:?}"
     );
     for method in ["Refresh", "Validate"] {
