@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let refreshed = authd
         .refresh(RefreshRequest {
             refresh_token: login.refresh_token,
+            client: None,
         })
         .await
         .context("refresh")?

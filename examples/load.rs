@@ -295,6 +295,7 @@ async fn run_worker(
                 match auth
                     .refresh(RefreshRequest {
                         refresh_token: token,
+                        client: None,
                     })
                     .await
                 {

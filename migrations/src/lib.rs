@@ -7,6 +7,7 @@ mod m20261126_000001_create_tables;
 mod m20261126_000002_login_attempts;
 mod m20261201_000003_sessions_on_one_row;
 mod m20261202_000004_known_login_clients;
+mod m20261202_000005_session_clients;
 
 /// Every migration of authd, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_login_attempts::Migration),
             Box::new(m20261201_000003_sessions_on_one_row::Migration),
             Box::new(m20261202_000004_known_login_clients::Migration),
+            Box::new(m20261202_000005_session_clients::Migration),
         ]
     }
 }

@@ -4,7 +4,8 @@
 -- presenting its newest token does; \gset fails the client if a rotation ever matches nothing.
 UPDATE refresh_tokens SET generation = generation + 1,
     secret_hash = sha256(convert_to((:client_id + 1) || '-' || (:gen + 1), 'UTF8')),
-    rotated_at = now(), expires_at = now() + interval '7 days', retried = FALSE
+    rotated_at = now(), expires_at = now() + interval '7 days', retried = FALSE,
+    refreshed_address = '198.51.100.7', refreshed_user_agent = 'pgbench'
   WHERE session_id = ('00000000-0000-0000-0001-' || lpad(to_hex(:client_id + 1), 12, '0'))::uuid
     AND generation = :gen
     AND secret_hash = sha256(convert_to((:client_id + 1) || '-' || :gen, 'UTF8'))

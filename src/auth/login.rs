@@ -11,15 +11,29 @@ use super::{
     AuthError, Authenticator, Email, FAILURE_MEMORY, Issued, IssuedTokens, KNOWN_CLIENT_MEMORY,
     Password, Verification, refresh, refresh_token::random_secret, throttle_key,
 };
-use crate::store::{self, FIRST_GENERATION, LoginReservation, LoginUser, NewSession, UserKey};
+use crate::store::{
+    self, ClientSeen, FIRST_GENERATION, LoginReservation, LoginUser, NewSession, UserKey,
+};
 
 /// Who is logging in, as far as the caller can tell.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoginClient {
     /// The end user's address, which throttling per address counts against.
     pub address: Option<IpAddr>,
-    /// The end user's User-Agent, for the audit trail.
+    /// The end user's User-Agent, for the audit trail and the session list.
     pub user_agent: Option<String>,
+    /// The calling peer's address: shown for a session when no end user's address is known.
+    pub peer: Option<IpAddr>,
+}
+
+impl LoginClient {
+    /// What the session list shows of this client.
+    pub fn seen(&self) -> ClientSeen {
+        ClientSeen {
+            address: self.address.or(self.peer).map(|ip| ip.to_string()),
+            user_agent: self.user_agent.clone(),
+        }
+    }
 }
 
 /// How a login got past the throttles.
@@ -75,6 +89,7 @@ impl Authenticator {
             created_at: now,
             secret_hash: refresh::secret_hash(&secret),
             expires_at,
+            client: login_client.seen(),
         };
         if !self.store.create_session(&session).await? {
             // Disabled, or its password changed, while this login was hashing: that wins.

@@ -8,7 +8,7 @@ use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
 use super::{
-    AuthError, Authenticator, Issued, IssuedTokens, RefreshToken,
+    AuthError, Authenticator, Issued, IssuedTokens, LoginClient, RefreshToken,
     refresh_token::{Opened, SessionSecret, random_secret},
 };
 use crate::store::{
@@ -111,7 +111,11 @@ impl Authenticator {
     /// Trades a refresh token for a new pair in the same session. A token presented again
     /// after it was traded revokes its session.
     #[tracing::instrument(skip_all)]
-    pub async fn refresh(&self, token: RefreshToken) -> Result<IssuedTokens, AuthError> {
+    pub async fn refresh(
+        &self,
+        token: RefreshToken,
+        client: &LoginClient,
+    ) -> Result<IssuedTokens, AuthError> {
         let clock = self.lifetimes.clock(store::now());
         let presented = match self.refresh_key.open(&token)? {
             Opened::Sealed(secret) => secret,
@@ -139,7 +143,13 @@ impl Authenticator {
         let expires_at = self.lifetimes.token_expiry(clock.now);
         let outcome = self
             .store
-            .rotate(&credential, clock, secret_hash(&successor), expires_at)
+            .rotate(
+                &credential,
+                clock,
+                secret_hash(&successor),
+                expires_at,
+                client.seen(),
+            )
             .await?;
         let rotated = match outcome {
             RotationOutcome::Rotated(rotated) => rotated,

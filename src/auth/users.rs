@@ -278,6 +278,8 @@ mod tests {
             created_at: store::now(),
             last_refreshed_at: None,
             expires_at: store::now(),
+            login_client: store::ClientSeen::default(),
+            last_refresh_client: store::ClientSeen::default(),
         };
         let token = page_token_of(&last);
         assert_eq!(

@@ -10,12 +10,12 @@ use crate::{
     auth::{AdminAccess, AdminCaller, AdminCredentials, AuthError, Email, UserAdmin, UserRef},
     listener::ConnectionInfo,
     proto::{
-        CreateUserRequest, DisableUserRequest, EnableUserRequest, GetUserRequest,
+        Client, CreateUserRequest, DisableUserRequest, EnableUserRequest, GetUserRequest,
         ListSessionsRequest, ListSessionsResponse, RevokeSessionRequest, RevokeSessionResponse,
         RevokeUserSessionsRequest, RevokeUserSessionsResponse, Session, SetPasswordRequest,
         SetPasswordResponse, User, admin_service_server::AdminService,
     },
-    store::{SessionRecord, UserRecord},
+    store::{ClientSeen, SessionRecord, UserRecord},
 };
 
 /// The `auth.v1.AdminService` implementation.
@@ -123,7 +123,17 @@ pub(super) fn session_message(session: SessionRecord, current: bool) -> Session 
             .map(|at| timestamp(at.timestamp())),
         expires_at: Some(timestamp(session.expires_at.timestamp())),
         current,
+        login_client: client_message(session.login_client),
+        last_refresh_client: client_message(session.last_refresh_client),
     }
+}
+
+/// A client as stored; none if nothing was.
+fn client_message(client: ClientSeen) -> Option<Client> {
+    (client.address.is_some() || client.user_agent.is_some()).then(|| Client {
+        address: client.address.unwrap_or_default(),
+        user_agent: client.user_agent.unwrap_or_default(),
+    })
 }
 
 fn count(n: usize) -> u32 {

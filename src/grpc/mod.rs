@@ -107,6 +107,7 @@ impl AuthGrpc {
         Ok(LoginClient {
             address,
             user_agent: client_address::user_agent(user_agent)?,
+            peer: request.remote_addr().map(|peer| peer.ip()),
         })
     }
 }
@@ -160,8 +161,10 @@ impl AuthService for AuthGrpc {
         let browser = is_browser_call(&request);
         let refused = answer(async {
             let in_body = std::mem::take(&mut request.get_mut().refresh_token);
+            let stated = request.get_mut().client.take();
+            let client = self.login_client(&request, stated)?;
             let token = RefreshToken::parse(self.presented_refresh_token(&request, in_body))?;
-            let tokens = self.auth.refresh(token).await?;
+            let tokens = self.auth.refresh(token, &client).await?;
             self.tokens_response(tokens, browser)
         })
         .await;

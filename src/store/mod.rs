@@ -17,7 +17,7 @@ pub use error::StoreError;
 pub use login_attempts::LoginReservation;
 pub use refresh::{LegacyToken, RefreshState, RotationOutcome};
 pub use rotation::{Credential, MAX_BATCH, RefreshClock, Rotated, rotation_statement};
-pub use sessions::{FIRST_GENERATION, NewSession, RevokedReason, SessionRecord};
+pub use sessions::{ClientSeen, FIRST_GENERATION, NewSession, RevokedReason, SessionRecord};
 pub use users::{EndSessions, LoginUser, UserKey, UserRecord};
 
 use std::{path::PathBuf, str::FromStr, sync::Arc};

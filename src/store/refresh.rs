@@ -9,6 +9,7 @@ use super::{
     Store, StoreError,
     entity::legacy_refresh_token,
     rotation::{Credential, RefreshClock, Returning, Rotated, Rotation},
+    sessions::ClientSeen,
 };
 
 /// What a rotation did.
@@ -71,12 +72,14 @@ impl Store {
         clock: RefreshClock,
         successor_hash: [u8; 32],
         expires_at: DateTime<Utc>,
+        client: ClientSeen,
     ) -> Result<RotationOutcome, StoreError> {
         let rotation = Rotation {
             presented: presented.clone(),
             clock,
             successor_hash,
             expires_at,
+            client,
         };
         Ok(match self.rotations.rotate(rotation).await? {
             Some(rotated) => RotationOutcome::Rotated(rotated),

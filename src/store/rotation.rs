@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{QueryResult, Value};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{StoreError, sessions::ClientSeen};
 
 /// Rotations carried by one statement at most: it holds its rows' locks (and on SQLite the
 /// write lock) until it commits, so this bounds how long other writers wait.
@@ -45,8 +45,9 @@ macro_rules! returning_what_the_tokens_need {
 }
 
 /// Values per rotation in [`rotate_sql`]'s VALUES list: session, generation, secret hash,
-/// successor's secret hash, successor's expiry, now, and the oldest login still alive.
-const ROTATION_VALUES: usize = 7;
+/// successor's secret hash, successor's expiry, now, the oldest login still alive, and the
+/// client's address and User-Agent.
+const ROTATION_VALUES: usize = 9;
 
 /// Replaces each presented current token with its successor.
 fn rotate_sql(rotations: usize) -> String {
@@ -61,7 +62,8 @@ fn rotate_sql(rotations: usize) -> String {
     format!(
         concat!(
             "UPDATE refresh_tokens SET generation = generation + 1, secret_hash = v.column4, \
-               rotated_at = v.column6, expires_at = v.column5, retried = FALSE \
+               rotated_at = v.column6, expires_at = v.column5, retried = FALSE, \
+               refreshed_address = v.column8, refreshed_user_agent = v.column9 \
              FROM (VALUES {}) AS v \
              WHERE refresh_tokens.session_id = v.column1 \
                AND refresh_tokens.generation = v.column2 \
@@ -139,6 +141,7 @@ pub(super) struct Rotation {
     pub(super) clock: RefreshClock,
     pub(super) successor_hash: [u8; 32],
     pub(super) expires_at: DateTime<Utc>,
+    pub(super) client: ClientSeen,
 }
 
 /// One of the statements above with its values.
@@ -163,6 +166,8 @@ impl Returning {
                     rotation.expires_at.into(),
                     rotation.clock.now.into(),
                     rotation.clock.sessions_started_after.into(),
+                    rotation.client.address.clone().into(),
+                    rotation.client.user_agent.clone().into(),
                 ]
             })
             .collect();
@@ -240,6 +245,7 @@ mod tests {
             clock,
             successor_hash: [1; 32],
             expires_at: Utc::now(),
+            client: ClientSeen::default(),
         };
         for rotations in [1, 2, MAX_BATCH] {
             let statement = Returning::rotate(&vec![rotation.clone(); rotations]);

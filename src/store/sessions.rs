@@ -31,6 +31,18 @@ pub struct NewSession {
     pub secret_hash: [u8; 32],
     /// When the first token expires.
     pub expires_at: DateTime<Utc>,
+    /// Where the login came from.
+    pub client: ClientSeen,
+}
+
+/// The end user behind a login or a refresh, as stored: shown when sessions are listed, never
+/// interpreted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSeen {
+    /// The address, in text.
+    pub address: Option<String>,
+    /// The User-Agent, at most 1024 bytes.
+    pub user_agent: Option<String>,
 }
 
 /// The generation a session's first token carries. Generation 0 is a token issued before the
@@ -76,10 +88,15 @@ pub struct SessionRecord {
     pub last_refreshed_at: Option<DateTime<Utc>>,
     /// When its current refresh token expires.
     pub expires_at: DateTime<Utc>,
+    /// Where the login came from.
+    pub login_client: ClientSeen,
+    /// Where the last refresh came from (nothing before the first refresh).
+    pub last_refresh_client: ClientSeen,
 }
 
 /// A user's live sessions; [`Store::live_sessions`] adds the page's bounds and order.
-const LIVE_SESSIONS: &str = "SELECT s.id, s.created_at, r.generation, r.rotated_at, r.expires_at \
+const LIVE_SESSIONS: &str = "SELECT s.id, s.created_at, r.generation, r.rotated_at, r.expires_at, \
+       s.login_address, s.login_user_agent, r.refreshed_address, r.refreshed_user_agent \
      FROM sessions s JOIN refresh_tokens r ON r.session_id = s.id \
      WHERE s.user_id = $1 AND s.revoked_at IS NULL AND r.expires_at > $2 AND s.created_at > $3";
 
@@ -113,6 +130,8 @@ impl Store {
             created_at: Set(new.created_at),
             revoked_at: Set(None),
             revoked_reason: Set(None),
+            login_address: Set(new.client.address.clone()),
+            login_user_agent: Set(new.client.user_agent.clone()),
         })
         .exec_without_returning(&txn)
         .await?;
@@ -125,6 +144,8 @@ impl Store {
             rotated_at: Set(new.created_at),
             expires_at: Set(new.expires_at),
             retried: Set(false),
+            refreshed_address: Set(None),
+            refreshed_user_agent: Set(None),
         })
         .exec_without_returning(&txn)
         .await?;
@@ -230,6 +251,14 @@ impl Store {
                     created_at: row.try_get_by_index(1)?,
                     last_refreshed_at: (generation > FIRST_GENERATION).then_some(rotated_at),
                     expires_at: row.try_get_by_index(4)?,
+                    login_client: ClientSeen {
+                        address: row.try_get_by_index(5)?,
+                        user_agent: row.try_get_by_index(6)?,
+                    },
+                    last_refresh_client: ClientSeen {
+                        address: row.try_get_by_index(7)?,
+                        user_agent: row.try_get_by_index(8)?,
+                    },
                 })
             })
             .collect()

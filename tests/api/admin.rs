@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use authd::proto::{
-    CreateUserRequest, DisableUserRequest, EnableUserRequest, GetUserRequest, ListSessionsRequest,
-    RevokeSessionRequest, RevokeUserSessionsRequest, SetPasswordRequest,
-    admin_service_client::AdminServiceClient, get_user_request, list_sessions_request,
-    revoke_user_sessions_request,
+    Client, CreateUserRequest, DisableUserRequest, EnableUserRequest, GetUserRequest,
+    ListSessionsRequest, LoginRequest, RefreshRequest, RevokeSessionRequest,
+    RevokeUserSessionsRequest, SetPasswordRequest, admin_service_client::AdminServiceClient,
+    get_user_request, list_sessions_request, revoke_user_sessions_request,
 };
 use sha2::{Digest as _, Sha256};
 use tonic::{Code, Request, transport::Channel};
@@ -223,9 +223,24 @@ async fn sessions_are_listed_newest_first_in_stable_pages(backend: Backend) {
     let mut admin = server.client();
     let app = &server.app;
     app.add_user("alice@example.com", PASSWORD).await;
+    // Three devices, as the calling service describes them.
+    let devices = [
+        ("198.51.100.1", "phone"),
+        ("2001:db8::2", "laptop"),
+        ("203.0.113.3", "tablet"),
+    ];
     let mut logins = Vec::new();
-    for _ in 0..3 {
-        logins.push(app.login("alice@example.com", PASSWORD).await.unwrap());
+    for (address, user_agent) in devices {
+        let request = LoginRequest {
+            email: "alice@example.com".into(),
+            password: PASSWORD.into(),
+            client: Some(Client {
+                address: address.into(),
+                user_agent: user_agent.into(),
+            }),
+        };
+        let login = app.client.clone().login(request).await.unwrap();
+        logins.push(login.into_inner());
     }
 
     let first = list_page(&mut admin, "alice@example.com", 2, "").await;
@@ -242,6 +257,21 @@ async fn sessions_are_listed_newest_first_in_stable_pages(backend: Backend) {
         .collect();
     let newest_first: Vec<String> = logins.iter().rev().map(|l| l.session_id.clone()).collect();
     assert_eq!(listed, newest_first);
+    let seen: Vec<(String, String)> = first
+        .sessions
+        .iter()
+        .chain(&second.sessions)
+        .map(|s| {
+            let client = s.login_client.clone().expect("the login's client is kept");
+            (client.address, client.user_agent)
+        })
+        .collect();
+    let expected: Vec<(String, String)> = devices
+        .iter()
+        .rev()
+        .map(|(address, user_agent)| (address.to_string(), user_agent.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
     // The same page asked again is the same page.
     let again = list_page(&mut admin, "alice@example.com", 2, &first.next_page_token).await;
     assert_eq!(again, second);
@@ -252,14 +282,39 @@ async fn sessions_are_listed_newest_first_in_stable_pages(backend: Backend) {
             .all(|s| s.last_refreshed_at.is_none() && !s.current)
     );
 
-    // A refresh moves the session's last-refreshed time.
-    refresh(&app.client, &logins[0].refresh_token)
-        .await
-        .unwrap();
+    // A refresh moves the session's last-refreshed time and records where it came from.
+    let request = RefreshRequest {
+        refresh_token: logins[0].refresh_token.clone(),
+        client: Some(Client {
+            address: "198.51.100.9".into(),
+            user_agent: "phone, updated".into(),
+        }),
+    };
+    app.client.clone().refresh(request).await.unwrap();
     let all = list_page(&mut admin, "alice@example.com", 0, "").await;
     let oldest = all.sessions.last().unwrap();
     assert_eq!(oldest.session_id, logins[0].session_id);
     assert!(oldest.last_refreshed_at.is_some());
+    let refreshed_from = oldest.last_refresh_client.clone().unwrap();
+    assert_eq!(
+        (
+            refreshed_from.address.as_str(),
+            refreshed_from.user_agent.as_str()
+        ),
+        ("198.51.100.9", "phone, updated")
+    );
+    assert_eq!(
+        oldest.login_client.clone().unwrap().address,
+        "198.51.100.1",
+        "the login's client stays"
+    );
+    assert!(all.sessions[0].last_refresh_client.is_none());
+
+    // Without a stated client, the calling peer's address is shown.
+    app.login("alice@example.com", PASSWORD).await.unwrap();
+    let newest = list_page(&mut admin, "alice@example.com", 1, "").await;
+    let peer = newest.sessions[0].login_client.clone().unwrap();
+    assert_eq!(peer.address, "127.0.0.1");
 
     assert_refused(
         admin

@@ -60,6 +60,8 @@ async fn insert_session(
         created_at: Set(now - age),
         revoked_at: Set(revoked.then_some(now - TimeDelta::hours(1))),
         revoked_reason: Set(revoked.then(|| "logout".to_owned())),
+        login_address: Set(None),
+        login_user_agent: Set(None),
     })
     .exec_without_returning(db)
     .await
@@ -73,6 +75,8 @@ async fn insert_session(
         rotated_at: Set(now - TimeDelta::days(1)),
         expires_at: Set(expires_at),
         retried: Set(false),
+        refreshed_address: Set(None),
+        refreshed_user_agent: Set(None),
     })
     .exec_without_returning(db)
     .await

@@ -146,6 +146,7 @@ fn arbitrary_field_values_get_documented_statuses() {
                     "Refresh" => client
                         .refresh(RefreshRequest {
                             refresh_token: first,
+                            client: None,
                         })
                         .await
                         .map(|_| ()),

@@ -262,6 +262,7 @@ async fn client_deadlines_never_leave_a_half_rotated_session(backend: Backend) {
         let session = app.login("alice@example.com", PASSWORD).await.unwrap();
         let mut request = tonic::Request::new(authd::proto::RefreshRequest {
             refresh_token: session.refresh_token.clone(),
+            client: None,
         });
         // From 0.1 ms to 4 ms: before, during and after the transaction.
         request.set_timeout(Duration::from_micros(100 + (round * 97) % 3900));

@@ -788,7 +788,9 @@ async fn postgres_rotation_batches_look_up_sessions_and_users_by_primary_key() {
             .bind(vec![1_u8; 32])
             .bind(now + Span::days(1))
             .bind(now)
-            .bind(now - Span::days(30));
+            .bind(now - Span::days(30))
+            .bind(Some("198.51.100.7"))
+            .bind(Some("plan-check"));
     }
     let plan: Vec<String> = explain.fetch_all(&mut conn).await.unwrap();
 

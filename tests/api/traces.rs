@@ -136,6 +136,7 @@ async fn a_login_is_traced_under_the_callers_trace_with_child_spans_and_no_secre
         .refresh(traced(
             RefreshRequest {
                 refresh_token: tokens.refresh_token.clone(),
+                client: None,
             },
             &sampled,
         ))

@@ -20,6 +20,10 @@ pub struct Model {
     pub expires_at: DateTimeUtc,
     /// Whether the previous token's one reuse-grace retry has been spent.
     pub retried: bool,
+    /// The end user's address at the last rotation (else the peer's).
+    pub refreshed_address: Option<String>,
+    /// The end user's User-Agent at the last rotation.
+    pub refreshed_user_agent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,10 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
     pub revoked_reason: Option<String>,
+    /// The end user's address at login, as the calling service stated it (else the peer).
+    pub login_address: Option<String>,
+    /// The end user's User-Agent at login.
+    pub login_user_agent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

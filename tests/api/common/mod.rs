@@ -231,6 +231,7 @@ pub async fn refresh(client: &Client, refresh_token: &str) -> Result<RefreshResp
         .clone()
         .refresh(RefreshRequest {
             refresh_token: refresh_token.into(),
+            client: None,
         })
         .await
         .map(|r| r.into_inner())
