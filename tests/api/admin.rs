@@ -24,6 +24,8 @@ on_both_backends!(
     revoking_a_session_ends_it_and_leaves_the_others,
     a_new_password_ends_every_session_and_disabling_is_undone_by_enabling,
     grpcurl_lists_describes_and_calls_the_admin_service,
+    no_login_racing_disable_user_outlives_it,
+    a_session_revoked_on_one_replica_stops_validating_on_another,
 );
 
 const TOKEN: &str = "admin-token-for-the-support-tool";
@@ -45,14 +47,8 @@ fn sha256_hex(token: &str) -> String {
 
 impl AdminApp {
     async fn spawn(backend: Backend) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("admin-tokens");
-        std::fs::write(
-            &token_file,
-            format!("# support tool\n{}\n", sha256_hex(TOKEN)),
-        )
-        .unwrap();
-        let path = token_file.display().to_string();
+        let (dir, path) = token_file();
+        let token_file = std::path::PathBuf::from(&path);
         let app = TestApp::spawn_with(backend, &[("AUTH_ADMIN_TOKEN_FILE", &path)]).await;
         let admin = AdminServiceClient::new(common::channel(app.addr).await);
         Self {
@@ -448,6 +444,73 @@ async fn a_new_password_ends_every_session_and_disabling_is_undone_by_enabling(b
     app.login("alice@example.com", new_password)
         .await
         .expect("enabled again");
+}
+
+/// A token file trusting `TOKEN`, in a folder of its own.
+fn token_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-tokens");
+    std::fs::write(&file, format!("{}\n", sha256_hex(TOKEN))).unwrap();
+    let path = file.display().to_string();
+    (dir, path)
+}
+
+async fn no_login_racing_disable_user_outlives_it(backend: Backend) {
+    let (_dir, path) = token_file();
+    let settings = [("AUTH_ADMIN_TOKEN_FILE", path.as_str())];
+    crate::sessions::no_login_racing_a_change_outlives_it(backend, &settings, async |app| {
+        let request = DisableUserRequest {
+            user: Some(authd::proto::disable_user_request::User::Email(
+                "alice@example.com".into(),
+            )),
+        };
+        AdminServiceClient::new(common::channel(app.addr).await)
+            .disable_user(bearer(request, TOKEN))
+            .await
+            .expect("user disabled");
+    })
+    .await;
+}
+
+/// RevokeSession on one replica: the other refuses the session's access token within the
+/// revocation poll, and its refresh token at once.
+async fn a_session_revoked_on_one_replica_stops_validating_on_another(backend: Backend) {
+    let (_dir, path) = token_file();
+    let db = common::TestDatabase::create(backend).await;
+    let settings = [
+        ("AUTH_ADMIN_TOKEN_FILE", path.as_str()),
+        ("AUTH_REVOCATION_POLL", "1s"),
+    ];
+    let one = common::process::AuthdProcess::spawn(&db, &settings).await;
+    let two = common::process::AuthdProcess::spawn(&db, &settings).await;
+    common::add_user(&db, "alice@example.com", PASSWORD).await;
+    let other_replica = two.client().await;
+    let session = common::login(&other_replica, "alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let kept = common::login(&other_replica, "alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+    validate(&other_replica, &session.access_token)
+        .await
+        .expect("valid before");
+
+    let request = RevokeSessionRequest {
+        session_id: session.session_id.clone(),
+    };
+    AdminServiceClient::new(common::channel(one.addr).await)
+        .revoke_session(bearer(request, TOKEN))
+        .await
+        .expect("revoked on the first replica");
+    common::assert_session_revoked(
+        &other_replica,
+        &session.refresh_token,
+        &session.access_token,
+    )
+    .await;
+    validate(&other_replica, &kept.access_token)
+        .await
+        .expect("the user's other session lives on");
 }
 
 /// An operator's tool: grpcurl lists and describes the AdminService, and creates a user with

@@ -525,16 +525,22 @@ async fn a_disabled_user_cannot_refresh_even_before_their_sessions_are_revoked(b
 /// One login attempt: when it started and ended, and the session it opened, if any.
 type Attempt = (Instant, Instant, Option<authd::proto::LoginResponse>);
 
-/// Logins of one user keep coming from several tasks while `authd ARGS` runs in another
-/// process. Once the command has returned, no session of the user works, whichever side of
-/// the command its login fell on.
-async fn no_login_racing_a_user_command_outlives_it(backend: Backend, args: &[&str], stdin: &str) {
-    // The logins after the command fail: no throttle may turn them into another answer.
-    let settings = [
+/// Logins of one user keep coming from several tasks while `change` (a CLI command in another
+/// process, an AdminService call) disables the user or changes their password. Once it has
+/// returned, no session of the user works, whichever side of it its login fell on. `extra`:
+/// settings the change needs.
+pub(crate) async fn no_login_racing_a_change_outlives_it(
+    backend: Backend,
+    extra: &[(&str, &str)],
+    change: impl AsyncFnOnce(&TestApp),
+) {
+    // The logins after the change fail: no throttle may turn them into another answer.
+    let mut settings = vec![
         POLL[0],
         ("AUTH_LOGIN_FREE_ATTEMPTS", "1000"),
         ("AUTH_LOGIN_ADDRESS_FREE_ATTEMPTS", "100000"),
     ];
+    settings.extend_from_slice(extra);
     let app = TestApp::spawn_with(backend, &settings).await;
     app.add_user("alice@example.com", PASSWORD).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -573,12 +579,7 @@ async fn no_login_racing_a_user_command_outlives_it(backend: Backend, args: &[&s
     })
     .await;
     let command_started = Instant::now();
-    let output = run_authd(&app.db, args, stdin).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    change(&app).await;
     let command_returned = Instant::now();
     eventually(
         Duration::from_secs(10),
@@ -597,22 +598,32 @@ async fn no_login_racing_a_user_command_outlives_it(backend: Backend, args: &[&s
         .any(|(start, end, _)| *start < command_returned && *end > command_started);
     assert!(
         overlapped,
-        "no login overlapped the command: the test proved nothing"
+        "no login overlapped the change: the test proved nothing"
     );
     let sessions: Vec<_> = attempts.into_iter().filter_map(|(.., s)| s).collect();
-    assert!(
-        !sessions.is_empty(),
-        "no login succeeded before the command"
-    );
+    assert!(!sessions.is_empty(), "no login succeeded before the change");
     for session in &sessions {
         common::assert_session_revoked(&app.client, &session.refresh_token, &session.access_token)
             .await;
     }
 }
 
+/// `authd ARGS`, fed `stdin`, which must succeed.
+async fn run_user_command(app: &TestApp, args: &[&str], stdin: &str) {
+    let output = run_authd(&app.db, args, stdin).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 async fn no_login_racing_user_disable_outlives_it(backend: Backend) {
     let args = ["user", "disable", "alice@example.com"];
-    no_login_racing_a_user_command_outlives_it(backend, &args, "").await;
+    no_login_racing_a_change_outlives_it(backend, &[], async |app| {
+        run_user_command(app, &args, "").await
+    })
+    .await;
 }
 
 async fn no_login_racing_user_set_password_outlives_it(backend: Backend) {
@@ -623,7 +634,10 @@ async fn no_login_racing_user_set_password_outlives_it(backend: Backend) {
         "--password-stdin",
     ];
     let new_password = "a new passphrase nobody else knows\n";
-    no_login_racing_a_user_command_outlives_it(backend, &args, new_password).await;
+    no_login_racing_a_change_outlives_it(backend, &[], async |app| {
+        run_user_command(app, &args, new_password).await
+    })
+    .await;
 }
 
 async fn the_database_never_holds_a_raw_refresh_token(backend: Backend) {
