@@ -158,9 +158,11 @@ impl AdminService for AdminGrpc {
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
         answer(async {
-            self.caller(&request)?;
+            let caller = self.caller(&request)?;
             let user = named_user!(request.get_ref().user, get_user_request)?;
-            Ok(Response::new(user_message(self.admin.user(&user).await?)))
+            let user = self.admin.user(&user).await?;
+            tracing::info!(target: "audit", event = "user_read", user_id = %user.id, by = caller.0);
+            Ok(Response::new(user_message(user)))
         })
         .await
     }
@@ -212,8 +214,9 @@ impl AdminService for AdminGrpc {
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
         answer(async {
-            self.caller(&request)?;
+            let caller = self.caller(&request)?;
             let user = named_user!(request.get_ref().user, list_sessions_request)?;
+            tracing::info!(target: "audit", event = "sessions_listed", user = ?user, by = caller.0);
             let ListSessionsRequest {
                 page_size,
                 page_token,
