@@ -18,72 +18,67 @@ pub(crate) struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        // SQLite adds one column per ALTER TABLE.
-        for column in [
+        let sessions = [
             string_len_null(Sessions::LoginAddress, ADDRESS_BYTES),
             string_len_null(Sessions::LoginUserAgent, USER_AGENT_BYTES),
-        ] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Sessions::Table)
-                        .add_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        for column in [
+        ];
+        alter_each(
+            manager,
+            Sessions::Table,
+            sessions,
+            TableAlterStatement::add_column,
+        )
+        .await?;
+        let refresh_tokens = [
             string_len_null(RefreshTokens::RefreshedAddress, ADDRESS_BYTES),
             string_len_null(RefreshTokens::RefreshedUserAgent, USER_AGENT_BYTES),
-        ] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(RefreshTokens::Table)
-                        .add_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        Ok(())
+        ];
+        let add = TableAlterStatement::add_column;
+        alter_each(manager, RefreshTokens::Table, refresh_tokens, add).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in [Sessions::LoginAddress, Sessions::LoginUserAgent] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(Sessions::Table)
-                        .drop_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        for column in [
+        let sessions = [Sessions::LoginAddress, Sessions::LoginUserAgent];
+        alter_each(
+            manager,
+            Sessions::Table,
+            sessions,
+            TableAlterStatement::drop_column,
+        )
+        .await?;
+        let refresh_tokens = [
             RefreshTokens::RefreshedAddress,
             RefreshTokens::RefreshedUserAgent,
-        ] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(RefreshTokens::Table)
-                        .drop_column(column)
-                        .to_owned(),
-                )
-                .await?;
-        }
-        Ok(())
+        ];
+        let drop = TableAlterStatement::drop_column;
+        alter_each(manager, RefreshTokens::Table, refresh_tokens, drop).await
     }
 }
 
-#[derive(DeriveIden)]
+/// One ALTER TABLE per column: SQLite changes one column per statement.
+async fn alter_each<C>(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden + Copy + 'static,
+    columns: impl IntoIterator<Item = C>,
+    change: fn(&mut TableAlterStatement, C) -> &mut TableAlterStatement,
+) -> Result<(), DbErr> {
+    for column in columns {
+        let mut statement = Table::alter();
+        statement.table(table);
+        change(&mut statement, column);
+        manager.alter_table(statement).await?;
+    }
+    Ok(())
+}
+
+#[derive(DeriveIden, Clone, Copy)]
 enum Sessions {
     Table,
     LoginAddress,
     LoginUserAgent,
 }
 
-#[derive(DeriveIden)]
+#[derive(DeriveIden, Clone, Copy)]
 enum RefreshTokens {
     Table,
     RefreshedAddress,

@@ -64,6 +64,15 @@ impl Pki {
         }
     }
 
+    /// The settings of TLS with client certificates from this CA required.
+    fn mutual_tls(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AUTH_TLS_CERT_FILE", self.path("server.pem")),
+            ("AUTH_TLS_KEY_FILE", self.path("server.key")),
+            ("AUTH_TLS_CLIENT_CA_FILE", self.path("ca.pem")),
+        ]
+    }
+
     fn path(&self, file: &str) -> String {
         self.dir.path().join(file).display().to_string()
     }
@@ -148,12 +157,7 @@ async fn tls_serves_encrypted_and_refuses_plaintext() {
 async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let pki = Pki::new();
     let db = TestDatabase::create(Backend::Sqlite).await;
-    let paths = [
-        ("AUTH_TLS_CERT_FILE", pki.path("server.pem")),
-        ("AUTH_TLS_KEY_FILE", pki.path("server.key")),
-        ("AUTH_TLS_CLIENT_CA_FILE", pki.path("ca.pem")),
-    ];
-    let addr = start(&db, &as_settings(&paths)).await;
+    let addr = start(&db, &as_settings(&pki.mutual_tls())).await;
 
     assert_eq!(
         call(addr, &pki, Some(&pki.client)).await.unwrap(),
@@ -182,15 +186,11 @@ async fn admin_callers_are_known_by_their_certificate_names() {
     };
     let pki = Pki::new();
     let db = TestDatabase::create(Backend::Sqlite).await;
-    let paths = [
-        ("AUTH_TLS_CERT_FILE", pki.path("server.pem")),
-        ("AUTH_TLS_KEY_FILE", pki.path("server.key")),
-        ("AUTH_TLS_CLIENT_CA_FILE", pki.path("ca.pem")),
-        (
-            "AUTH_ADMIN_CLIENTS",
-            "client.example,spiffe://example.org/support-tool".to_owned(),
-        ),
-    ];
+    let mut paths = pki.mutual_tls();
+    paths.push((
+        "AUTH_ADMIN_CLIENTS",
+        "client.example,spiffe://example.org/support-tool".to_owned(),
+    ));
     let addr = start(&db, &as_settings(&paths)).await;
     let pki = &pki;
     let get_user = |identity| async move {
