@@ -23,6 +23,10 @@ const SESSIONS_REVOKED: &str = "authd_sessions_revoked_total";
 const CLEANUP_RUNS: &str = "authd_cleanup_runs_total";
 const CLEANUP_DELETED: &str = "authd_cleanup_deleted_rows_total";
 const REVOCATION_SET: &str = "authd_revocation_set_size";
+const REVOCATIONS_PUSHED: &str = "authd_revocations_pushed_total";
+const REVOCATIONS_RECEIVED: &str = "authd_revocations_received_total";
+const REVOCATIONS_BY_POLL: &str = "authd_revocations_applied_by_poll_total";
+const REVOCATION_PUSH_LAG: &str = "authd_revocation_push_lag_seconds";
 const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
 const DB_POOL_MAX: &str = "authd_db_pool_max_connections";
 const BUILD_INFO: &str = "authd_build_info";
@@ -47,6 +51,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.to_owned()), RPC_BUCKETS)?
+        // A revocation's way to another replica: milliseconds when pushed, as long as the
+        // transaction when it commits late.
+        .set_buckets_for_metric(Matcher::Full(REVOCATION_PUSH_LAG.to_owned()), RPC_BUCKETS)?
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -90,6 +97,22 @@ fn describe() {
          or abandoned after AUTH_CALL_TIMEOUT (reason timeout)."
     );
     describe_counter!(SESSIONS_REVOKED, "Sessions revoked, by reason.");
+    describe_counter!(
+        REVOCATIONS_PUSHED,
+        "Revocations announced to the other replicas (PostgreSQL NOTIFY)."
+    );
+    describe_counter!(
+        REVOCATIONS_RECEIVED,
+        "Revocations received from other replicas' announcements."
+    );
+    describe_counter!(
+        REVOCATIONS_BY_POLL,
+        "Revocations this replica learnt from the poll before any announcement reached it."
+    );
+    describe_histogram!(
+        REVOCATION_PUSH_LAG,
+        "Seconds from a revocation to its announcement reaching this replica."
+    );
     describe_counter!(CLEANUP_RUNS, "Clean-up runs, by outcome.");
     describe_counter!(CLEANUP_DELETED, "Ended rows deleted by clean-up, by table.");
     describe_gauge!(
@@ -174,6 +197,22 @@ pub fn cleanup_run(succeeded: bool, deleted: &[(&'static str, u64)]) {
     for &(table, rows) in deleted {
         counter!(CLEANUP_DELETED, "table" => table).increment(rows);
     }
+}
+
+/// `count` revocations announced to the other replicas.
+pub fn revocations_pushed(count: usize) {
+    counter!(REVOCATIONS_PUSHED).increment(count as u64);
+}
+
+/// An announcement of `count` revocations received, `lag` after they were made.
+pub fn revocations_received(count: usize, lag: Duration) {
+    counter!(REVOCATIONS_RECEIVED).increment(count as u64);
+    histogram!(REVOCATION_PUSH_LAG).record(lag.as_secs_f64());
+}
+
+/// `count` revocations the poll found before any announcement did.
+pub fn revocations_applied_by_poll(count: usize) {
+    counter!(REVOCATIONS_BY_POLL).increment(count as u64);
 }
 
 /// The revocation set's current size.

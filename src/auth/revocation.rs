@@ -10,11 +10,14 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Heard, Store, StoreError};
 
 /// How far back each poll looks beyond the previous one, so a revocation written by a replica
 /// whose clock lags (or whose transaction committed late) is still seen.
 const POLL_OVERLAP: TimeDelta = TimeDelta::minutes(2);
+
+/// The longest wait before the revocation listener tries to connect again.
+const MAX_LISTENER_PAUSE: Duration = Duration::from_secs(5);
 
 /// Extra time an entry is kept beyond the access-token lifetime: covers an access token signed
 /// just after the revocation by a refresh that committed just before it.
@@ -43,15 +46,17 @@ impl RevokedSessions {
         }
     }
 
-    /// Records that `session_id` was revoked at `revoked_at`.
-    pub fn insert(&self, session_id: Uuid, revoked_at: DateTime<Utc>) {
+    /// Records that `session_id` was revoked at `revoked_at`; whether it was news.
+    pub fn insert(&self, session_id: Uuid, revoked_at: DateTime<Utc>) -> bool {
         let drop_after = revoked_at
             .checked_add_signed(self.retention)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let known = entries.len();
         let entry = entries.entry(session_id).or_insert(drop_after);
         *entry = (*entry).max(drop_after);
         crate::metrics::revocation_set_size(entries.len());
+        entries.len() > known
     }
 
     /// Whether `session_id` is revoked.
@@ -77,11 +82,56 @@ impl RevokedSessions {
         Ok(started)
     }
 
-    async fn merge(&self, store: &Store, since: DateTime<Utc>) -> Result<(), StoreError> {
-        for (session_id, revoked_at) in store.sessions_revoked_since(since).await? {
-            self.insert(session_id, revoked_at);
+    /// Adds the revocations made since `since`; how many were news.
+    async fn merge(&self, store: &Store, since: DateTime<Utc>) -> Result<usize, StoreError> {
+        let revoked = store.sessions_revoked_since(since).await?;
+        Ok(revoked
+            .into_iter()
+            .filter(|&(session_id, revoked_at)| self.insert(session_id, revoked_at))
+            .count())
+    }
+
+    /// Applies the revocations other replicas announce (PostgreSQL), as they are made.
+    /// Reconnects by itself; while it is away, the poll brings what it misses. Returns at once
+    /// on SQLite, which has no announcements.
+    pub async fn listen_forever(self: Arc<Self>, store: Store) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let mut listener = match store.revocation_listener().await {
+                Ok(Some(listener)) => listener,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %crate::report::error_chain(&e), ?pause, "revocation listener could not connect; the poll carries on");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_LISTENER_PAUSE);
+                    continue;
+                }
+            };
+            tracing::info!("listening for revocations made by other replicas");
+            loop {
+                match listener.next().await {
+                    Ok(Heard::Revoked(at, sessions)) => {
+                        pause = Duration::from_millis(100);
+                        let lag = (store::now() - at).to_std().unwrap_or_default();
+                        crate::metrics::revocations_received(sessions.len(), lag);
+                        for session_id in sessions {
+                            self.insert(session_id, at);
+                        }
+                    }
+                    Ok(Heard::Reconnecting) => {
+                        tracing::warn!(
+                            "revocation listener lost its connection; reconnecting, the poll covers the gap"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::report::error_chain(&e), "revocation listener failed; starting it again");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_LISTENER_PAUSE);
         }
-        Ok(())
     }
 
     /// Polls the database every `interval` for revocations made elsewhere (other replicas, the
@@ -99,7 +149,10 @@ impl RevokedSessions {
             ticker.tick().await;
             let started = store::now();
             match self.merge(&store, last_poll - POLL_OVERLAP).await {
-                Ok(()) => last_poll = started,
+                Ok(news) => {
+                    crate::metrics::revocations_applied_by_poll(news);
+                    last_poll = started;
+                }
                 Err(e) => {
                     tracing::warn!(error = %crate::report::error_chain(&e), "revocation poll failed")
                 }

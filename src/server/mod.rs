@@ -66,6 +66,7 @@ struct HttpPort {
 /// The jobs that run beside the listeners until shutdown.
 struct BackgroundJobs {
     revocation_poll: JoinHandle<()>,
+    revocation_listener: JoinHandle<()>,
     metrics_upkeep: JoinHandle<()>,
     cleanup: JobScheduler,
 }
@@ -203,7 +204,7 @@ impl Application {
         Ok(())
     }
 
-    /// The revocation poll, the metrics upkeep and the cleanup schedule.
+    /// The revocation poll and listener, the metrics upkeep and the cleanup schedule.
     async fn start_background_jobs(&self) -> anyhow::Result<BackgroundJobs> {
         let revocation_poll = tokio::spawn(Arc::clone(&self.revoked).poll_forever(
             self.store.clone(),
@@ -217,8 +218,11 @@ impl Application {
         )
         .await
         .context("while starting the cleanup schedule (AUTH_CLEANUP_SCHEDULE)")?;
+        let revocation_listener =
+            tokio::spawn(Arc::clone(&self.revoked).listen_forever(self.store.clone()));
         Ok(BackgroundJobs {
             revocation_poll,
+            revocation_listener,
             metrics_upkeep: tokio::spawn(crate::metrics::upkeep_forever(self.metrics.clone())),
             cleanup,
         })
@@ -319,6 +323,7 @@ impl GrpcPort {
 impl BackgroundJobs {
     async fn stop(mut self) {
         self.revocation_poll.abort();
+        self.revocation_listener.abort();
         self.metrics_upkeep.abort();
         if let Err(e) = self.cleanup.shutdown().await {
             tracing::warn!(error = %e, "cleanup scheduler did not stop cleanly");

@@ -2,6 +2,7 @@
 //! The store knows nothing of gRPC; it takes and returns plain values, and answers in the
 //! domain's terms.
 
+mod announce;
 mod batcher;
 mod cleanup;
 pub mod entity;
@@ -12,6 +13,7 @@ mod rotation;
 mod sessions;
 mod users;
 
+pub use announce::{Heard, LISTENER_APPLICATION_NAME, RevocationListener};
 pub use cleanup::SweptSessions;
 pub use error::StoreError;
 pub use login_attempts::LoginReservation;

@@ -297,5 +297,7 @@ pub(super) async fn revoke_sessions_where(
         .exec_with_returning(db)
         .await?;
     crate::metrics::sessions_revoked(reason.as_str(), revoked.len() as u64);
+    let ids: Vec<Uuid> = revoked.iter().map(|session| session.id).collect();
+    super::announce::announce(db, &ids, now).await?;
     Ok(revoked)
 }

@@ -17,6 +17,7 @@ mod login;
 mod observability;
 mod operations;
 mod reliability;
+mod replicas;
 mod security;
 mod self_service;
 mod sessions;

@@ -1,0 +1,111 @@
+//! Revocations pushed between replicas on PostgreSQL: with the poll at a minute, only the push
+//! can deliver a logout to another replica in time, and it survives losing its connection.
+
+use std::time::Duration;
+
+use authd::store::LISTENER_APPLICATION_NAME;
+use sea_orm::sqlx::{self, Connection as _, PgConnection};
+use tonic::Code;
+
+use crate::common::{
+    self, Backend, PASSWORD, TestDatabase, add_user, eventually, login, logout,
+    process::AuthdProcess, validate,
+};
+
+/// Polls so rare that a test passing within seconds was served by the push.
+const RARE_POLL: [(&str, &str); 1] = [("AUTH_REVOCATION_POLL", "1m")];
+
+/// The backend pids of the revocation listeners connected to `db`.
+async fn listener_pids(db: &TestDatabase) -> Vec<i32> {
+    let mut conn = PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database() ORDER BY pid",
+    )
+    .bind(LISTENER_APPLICATION_NAME)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Two replicas of one database, both listening.
+async fn two_listening_replicas(db: &TestDatabase) -> (AuthdProcess, AuthdProcess) {
+    let one = AuthdProcess::spawn(db, &RARE_POLL).await;
+    let two = AuthdProcess::spawn(db, &RARE_POLL).await;
+    eventually(
+        Duration::from_secs(10),
+        "both listeners connected",
+        || async { (listener_pids(db).await.len() == 2).then_some(()) },
+    )
+    .await;
+    (one, two)
+}
+
+/// A Logout on `on` makes Validate on `seen_from` refuse the session within 2 s.
+async fn assert_logout_pushed(on: &common::Client, seen_from: &common::Client) {
+    let session = login(seen_from, "alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+    validate(seen_from, &session.access_token)
+        .await
+        .expect("valid before the logout");
+    logout(on, &session.refresh_token, false).await.unwrap();
+    let status = eventually(
+        Duration::from_secs(2),
+        "the other replica to refuse the logged-out session",
+        || async { validate(seen_from, &session.access_token).await.err() },
+    )
+    .await;
+    common::assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_reaches_the_other_replica_by_push_with_the_poll_at_a_minute() {
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let (one, two) = two_listening_replicas(&db).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let metrics_of_two = two.http_addr();
+    let (one, two) = (one.client().await, two.client().await);
+    assert_logout_pushed(&one, &two).await;
+    assert_logout_pushed(&two, &one).await;
+
+    // The second replica counted what it announced and what reached it.
+    let (_, scrape) = common::http_get(metrics_of_two, "/metrics").await;
+    for counter in [
+        "authd_revocations_pushed_total 1",
+        "authd_revocations_received_total 1",
+    ] {
+        assert!(
+            scrape.lines().any(|l| l == counter),
+            "{counter} in\n{scrape}"
+        );
+    }
+    assert!(
+        scrape.contains("authd_revocation_push_lag_seconds_count 1"),
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_connects_again_and_the_push_resumes() {
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let (one, two) = two_listening_replicas(&db).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let killed = listener_pids(&db).await;
+    let mut conn = PgConnection::connect(db.url()).await.unwrap();
+    for pid in &killed {
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(terminated, "listener {pid} terminated");
+    }
+    eventually(Duration::from_secs(15), "both listeners back", || async {
+        let now = listener_pids(&db).await;
+        (now.len() == 2 && now.iter().all(|pid| !killed.contains(pid))).then_some(())
+    })
+    .await;
+    let (one, two) = (one.client().await, two.client().await);
+    assert_logout_pushed(&one, &two).await;
+}
