@@ -109,3 +109,85 @@ async fn a_killed_listener_connects_again_and_the_push_resumes() {
     let (one, two) = (one.client().await, two.client().await);
     assert_logout_pushed(&one, &two).await;
 }
+
+/// What `name` counts in the scrape of `metrics` (0 before its first count).
+async fn counter(metrics: std::net::SocketAddr, name: &str) -> f64 {
+    let (_, scrape) = common::http_get(metrics, "/metrics").await;
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// While the listeners keep losing their connection, a revocation still arrives by the poll,
+/// within its interval; once they are left alone, the push delivers again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_listener_down_the_poll_delivers_and_the_push_comes_back() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let poll = [("AUTH_REVOCATION_POLL", "2s")];
+    let one = AuthdProcess::spawn(&db, &poll).await;
+    let two = AuthdProcess::spawn(&db, &poll).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let metrics_of_two = two.http_addr();
+    let (one, two) = (one.client().await, two.client().await);
+    eventually(
+        Duration::from_secs(10),
+        "both listeners connected",
+        || async { (listener_pids(&db).await.len() == 2).then_some(()) },
+    )
+    .await;
+
+    // Every listener connection is terminated as soon as it appears.
+    let down = Arc::new(AtomicBool::new(true));
+    let killer = tokio::spawn({
+        let (down, url) = (down.clone(), db.url().to_owned());
+        async move {
+            let mut conn = PgConnection::connect(&url).await.unwrap();
+            let mut pace = tokio::time::interval(Duration::from_millis(10));
+            while down.load(Ordering::Relaxed) {
+                pace.tick().await;
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND datname = current_database()",
+                )
+                .bind(LISTENER_APPLICATION_NAME)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            }
+        }
+    });
+    let session = login(&two, "alice@example.com", PASSWORD).await.unwrap();
+    logout(&one, &session.refresh_token, false).await.unwrap();
+    let status = eventually(
+        Duration::from_secs(5),
+        "the poll to bring the logout within its interval",
+        || async { validate(&two, &session.access_token).await.err() },
+    )
+    .await;
+    common::assert_status(&status, Code::Unauthenticated, "SESSION_REVOKED");
+
+    down.store(false, Ordering::Relaxed);
+    killer.await.unwrap();
+    eventually(Duration::from_secs(15), "both listeners back", || async {
+        (listener_pids(&db).await.len() == 2).then_some(())
+    })
+    .await;
+    let received = counter(metrics_of_two, "authd_revocations_received_total").await;
+    let session = login(&two, "alice@example.com", PASSWORD).await.unwrap();
+    logout(&one, &session.refresh_token, false).await.unwrap();
+    eventually(
+        Duration::from_secs(2),
+        "the push to deliver again",
+        || async {
+            let now = counter(metrics_of_two, "authd_revocations_received_total").await;
+            (now == received + 1.0).then_some(())
+        },
+    )
+    .await;
+    common::assert_validate_refused(&two, &session.access_token, "SESSION_REVOKED").await;
+}
