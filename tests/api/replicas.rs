@@ -15,12 +15,14 @@ use crate::common::{
 /// Polls so rare that a test passing within seconds was served by the push.
 const RARE_POLL: [(&str, &str); 1] = [("AUTH_REVOCATION_POLL", "1m")];
 
-/// The backend pids of the revocation listeners connected to `db`.
+/// The backend pids of the revocation listeners connected to `db` that are listening: their
+/// last statement was the LISTEN (a connection that has not sent it yet would miss a NOTIFY).
 async fn listener_pids(db: &TestDatabase) -> Vec<i32> {
     let mut conn = PgConnection::connect(db.url()).await.unwrap();
     sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity \
-         WHERE application_name = $1 AND datname = current_database() ORDER BY pid",
+         WHERE application_name = $1 AND datname = current_database() \
+           AND query ILIKE 'LISTEN%' ORDER BY pid",
     )
     .bind(LISTENER_APPLICATION_NAME)
     .fetch_all(&mut conn)
