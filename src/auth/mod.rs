@@ -210,9 +210,8 @@ impl Authenticator {
                 return Ok(());
             };
             // Ours may have been revoked before; it must be refused here all the same.
-            for session_id in sessions.iter().chain([&session_id]) {
-                self.revoked.insert(*session_id, now);
-            }
+            self.revoked
+                .insert_all(sessions.iter().chain([&session_id]), now);
             audit!(event = "logout_all", %user_id, sessions = sessions.len());
         } else {
             let user_id = self.revoke(session_id, RevokedReason::Logout).await?;

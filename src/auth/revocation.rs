@@ -59,6 +59,17 @@ impl RevokedSessions {
         entries.len() > known
     }
 
+    /// Records that every one of `sessions` was revoked at `revoked_at`.
+    pub fn insert_all<'a>(
+        &self,
+        sessions: impl IntoIterator<Item = &'a Uuid>,
+        revoked_at: DateTime<Utc>,
+    ) {
+        for session_id in sessions {
+            self.insert(*session_id, revoked_at);
+        }
+    }
+
     /// Whether `session_id` is revoked.
     pub fn contains(&self, session_id: &Uuid) -> bool {
         self.entries
@@ -114,9 +125,7 @@ impl RevokedSessions {
                         pause = Duration::from_millis(100);
                         let lag = (store::now() - at).to_std().unwrap_or_default();
                         crate::metrics::revocations_received(sessions.len(), lag);
-                        for session_id in sessions {
-                            self.insert(session_id, at);
-                        }
+                        self.insert_all(&sessions, at);
                     }
                     Ok(Heard::Reconnecting) => {
                         tracing::warn!(

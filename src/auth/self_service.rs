@@ -78,10 +78,7 @@ impl Authenticator {
             .set_password(UserKey::Id(claims.sub), &hash, end)
             .await?
             .ok_or(AuthError::InvalidCredentials)?;
-        let now = store::now();
-        for session_id in &revoked {
-            self.revoked.insert(*session_id, now);
-        }
+        self.revoked.insert_all(&revoked, store::now());
         audit!(event = "password_changed", %user_id, sessions_revoked = revoked.len(), by = "self");
         Ok(revoked.len())
     }

@@ -194,10 +194,7 @@ impl UserAdmin {
     /// Refuses `sessions` on this replica from now on.
     fn apply(&self, sessions: &[Uuid]) {
         if let Some(revoked) = &self.revoked {
-            let now = store::now();
-            for session_id in sessions {
-                revoked.insert(*session_id, now);
-            }
+            revoked.insert_all(sessions, store::now());
         }
     }
 }

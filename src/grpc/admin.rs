@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status, transport::server::TlsConnectInfo};
 
-use super::{answer, parse_id, timestamp, uuid_text};
+use super::{answer, count, parse_id, timestamp, uuid_text};
 use crate::{
     auth::{AdminAccess, AdminCaller, AdminCredentials, AuthError, Email, UserAdmin, UserRef},
     listener::ConnectionInfo,
@@ -134,10 +134,6 @@ fn client_message(client: ClientSeen) -> Option<Client> {
         address: client.address.unwrap_or_default(),
         user_agent: client.user_agent.unwrap_or_default(),
     })
-}
-
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[tonic::async_trait]

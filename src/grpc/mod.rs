@@ -268,6 +268,11 @@ fn seconds(duration: std::time::Duration) -> i64 {
 
 /// A UUID in its hyphenated lower-case form, without the formatting machinery of `to_string`
 /// (Validate's hot path).
+/// A count for a `uint32` response field.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// A UUID request field.
 fn parse_id(text: &str, field: &'static str) -> Result<uuid::Uuid, AuthError> {
     uuid::Uuid::try_parse(text).map_err(|_| AuthError::InvalidArgument {

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response};
 
-use super::{AuthGrpc, admin::session_message, parse_id};
+use super::{AuthGrpc, admin::session_message, count, parse_id};
 use crate::{
     auth::{AuthError, Password},
     proto::{
@@ -76,7 +76,7 @@ impl AuthGrpc {
             )
             .await?;
         Ok(Response::new(ChangePasswordResponse {
-            sessions_revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+            sessions_revoked: count(revoked),
         }))
     }
 }
