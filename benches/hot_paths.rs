@@ -49,7 +49,7 @@ fn access_tokens(c: &mut Criterion) {
     });
 
     // As Validate does it: verify, then look the session up among 10,000 revoked ones.
-    let revoked = RevokedSessions::new(TTL, Duration::ZERO);
+    let revoked = RevokedSessions::new(TTL, Duration::ZERO, 1);
     for _ in 0..10_000 {
         revoked.insert(Uuid::new_v4(), chrono::Utc::now());
     }

@@ -10,6 +10,7 @@ use authd::proto::{
     ChangePasswordRequest, ChangePasswordResponse, ListMySessionsRequest, ListMySessionsResponse,
     LoginRequest, LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
     RevokeMySessionRequest, RevokeMySessionResponse, ValidateRequest, ValidateResponse,
+    WatchRevocationsRequest, WatchRevocationsResponse,
     auth_service_server::{AuthService, AuthServiceServer},
 };
 use tonic::{Request, Response, Status};
@@ -25,6 +26,15 @@ struct FixedValidate(ValidateResponse);
 
 #[tonic::async_trait]
 impl AuthService for FixedValidate {
+    type WatchRevocationsStream = tokio_stream::Empty<Result<WatchRevocationsResponse, Status>>;
+
+    async fn watch_revocations(
+        &self,
+        _: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        validate_only()
+    }
+
     async fn login(&self, _: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
         validate_only()
     }

@@ -27,6 +27,9 @@ const REVOCATIONS_PUSHED: &str = "authd_revocations_pushed_total";
 const REVOCATIONS_RECEIVED: &str = "authd_revocations_received_total";
 const REVOCATIONS_BY_POLL: &str = "authd_revocations_applied_by_poll_total";
 const REVOCATION_PUSH_LAG: &str = "authd_revocation_push_lag_seconds";
+const FEED_SUBSCRIBERS: &str = "authd_revocation_feed_subscribers";
+const FEED_LAG: &str = "authd_revocation_feed_lag_seconds";
+const FEED_DISCONNECTS: &str = "authd_revocation_feed_disconnects_total";
 const DB_POOL_CONNECTIONS: &str = "authd_db_pool_connections";
 const DB_POOL_MAX: &str = "authd_db_pool_max_connections";
 const BUILD_INFO: &str = "authd_build_info";
@@ -54,6 +57,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         // A revocation's way to another replica: milliseconds when pushed, as long as the
         // transaction when it commits late.
         .set_buckets_for_metric(Matcher::Full(REVOCATION_PUSH_LAG.to_owned()), RPC_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(FEED_LAG.to_owned()), RPC_BUCKETS)?
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -112,6 +116,16 @@ fn describe() {
     describe_histogram!(
         REVOCATION_PUSH_LAG,
         "Seconds from a revocation to its announcement reaching this replica."
+    );
+    describe_gauge!(FEED_SUBSCRIBERS, "WatchRevocations streams being served.");
+    describe_histogram!(
+        FEED_LAG,
+        "Seconds from a revocation to its going out on a WatchRevocations stream."
+    );
+    describe_counter!(
+        FEED_DISCONNECTS,
+        "WatchRevocations streams the server ended, by reason: too_slow (the subscriber fell \
+         behind or stopped reading) or shutting_down."
     );
     describe_counter!(CLEANUP_RUNS, "Clean-up runs, by outcome.");
     describe_counter!(CLEANUP_DELETED, "Ended rows deleted by clean-up, by table.");
@@ -213,6 +227,21 @@ pub fn revocations_received(count: usize, lag: Duration) {
 /// `count` revocations the poll found before any announcement did.
 pub fn revocations_applied_by_poll(count: usize) {
     counter!(REVOCATIONS_BY_POLL).increment(count as u64);
+}
+
+/// A revocation feed subscriber came (`+1`) or went (`-1`).
+pub fn feed_subscribers_changed(by: f64) {
+    gauge!(FEED_SUBSCRIBERS).increment(by);
+}
+
+/// A revocation went out on a feed `lag` after it was made.
+pub fn feed_lag(lag: Duration) {
+    histogram!(FEED_LAG).record(lag.as_secs_f64());
+}
+
+/// The server ended a feed subscription for `reason`.
+pub fn feed_disconnected(reason: &'static str) {
+    counter!(FEED_DISCONNECTS, "reason" => reason).increment(1);
 }
 
 /// The revocation set's current size.

@@ -82,6 +82,18 @@ pub enum AuthError {
     /// retry after a moment.
     #[error("too many logins in progress; retry shortly")]
     Overloaded,
+    /// RESOURCE_EXHAUSTED (TOO_MANY_SUBSCRIBERS): `AUTH_FEED_MAX_SUBSCRIBERS` revocation
+    /// feeds are already being served.
+    #[error("too many revocation feed subscribers; retry later or elsewhere")]
+    TooManySubscribers,
+    /// RESOURCE_EXHAUSTED (FEED_CONSUMER_TOO_SLOW): a revocation feed subscriber fell too far
+    /// behind, or took no message for `AUTH_FEED_SEND_TIMEOUT`; reconnect with the last
+    /// position.
+    #[error("revocation feed subscriber too slow; reconnect with the last position")]
+    FeedConsumerTooSlow,
+    /// UNAVAILABLE (SHUTTING_DOWN): this replica is shutting down; call another.
+    #[error("shutting down; reconnect")]
+    ShuttingDown,
     /// UNAVAILABLE: the database is unreachable or busy; retrying later may succeed.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),

@@ -40,7 +40,10 @@ pub use refresh::Lifetimes;
 pub use refresh_token::{
     LegacySecret, Opened, RefreshKey, RefreshToken, SessionSecret, SuccessorKey,
 };
-pub use revocation::RevokedSessions;
+pub use revocation::{
+    FeedCloser, FeedMessage, FeedPosition, Revocation, RevocationFeed, RevokedSessions,
+    Subscription,
+};
 pub use throttle::{
     AccountTurns, AddressThrottle, FAILURE_MEMORY, KNOWN_CLIENT_MEMORY, throttle_key,
 };

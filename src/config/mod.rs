@@ -6,6 +6,7 @@
 mod admin;
 mod browser;
 mod database;
+mod feed;
 mod login;
 mod observability;
 mod sessions;
@@ -15,6 +16,7 @@ mod vars;
 pub use admin::AdminSettings;
 pub use browser::{BrowserSettings, CookieSettings, SameSite};
 pub use database::{DEFAULT_DATABASE_URL, DatabaseSettings};
+pub use feed::FeedSettings;
 pub use login::{Argon2Settings, Backoff, LoginSettings, MIN_PASSWORD_CHARS_FLOOR, PasswordPolicy};
 pub use observability::{LogFormat, Observability, TraceExport, TraceSampler};
 pub use sessions::{CleanupSettings, KeyFiles, SessionSettings};
@@ -44,6 +46,8 @@ pub struct Config {
     pub login: LoginSettings,
     /// Who may call the AdminService.
     pub admin: AdminSettings,
+    /// The revocation feed's bounds.
+    pub feed: FeedSettings,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             database: DatabaseSettings::parse(&vars)?,
             sessions: SessionSettings::parse(&vars)?,
             login: LoginSettings::parse(&vars)?,
+            feed: FeedSettings::parse(&vars)?,
         })
     }
 }

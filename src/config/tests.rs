@@ -23,6 +23,10 @@ fn defaults_are_the_documented_ones() {
     assert!(c.sessions.keys.signing.is_none());
     assert_eq!(c.sessions.cleanup.batch_size, 250);
     assert_eq!(c.sessions.validate_cache_size, 50_000);
+    assert_eq!(c.feed.heartbeat, Duration::from_secs(5));
+    assert_eq!(c.feed.max_subscribers, 256);
+    assert_eq!(c.feed.buffer, 4096);
+    assert_eq!(c.feed.send_timeout, Duration::from_secs(10));
 }
 
 #[test]
@@ -58,6 +62,12 @@ fn numbers_out_of_range_are_refused() {
     assert_eq!(e.variable, "AUTH_DB_MAX_CONNECTIONS");
     let e = config(&[("AUTH_ARGON2_MEMORY_KIB", "lots")]).unwrap_err();
     assert_eq!(e.variable, "AUTH_ARGON2_MEMORY_KIB");
+    for feed in ["AUTH_FEED_BUFFER", "AUTH_FEED_MAX_SUBSCRIBERS"] {
+        let e = config(&[(feed, "0")]).unwrap_err();
+        assert_eq!(e.variable, feed);
+    }
+    let e = config(&[("AUTH_FEED_HEARTBEAT", "0s")]).unwrap_err();
+    assert_eq!(e.variable, "AUTH_FEED_HEARTBEAT");
 }
 
 #[test]

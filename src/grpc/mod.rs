@@ -4,6 +4,7 @@ pub mod admin;
 pub mod browser;
 mod client_address;
 pub mod codec;
+mod feed;
 pub mod limits;
 pub mod observe;
 mod self_service;
@@ -15,13 +16,17 @@ use tonic::{Code, Request, Response, Status, codegen::http};
 
 use self::browser::{RefreshCookie, is_browser_call};
 use crate::{
-    auth::{AuthError, Authenticator, Email, IssuedTokens, LoginClient, Password, RefreshToken},
+    auth::{
+        AuthError, Authenticator, Email, IssuedTokens, LoginClient, Password, RefreshToken,
+        RevocationFeed,
+    },
     config::ClientAddressRule,
     proto::{
         ChangePasswordRequest, ChangePasswordResponse, Client, ListMySessionsRequest,
         ListMySessionsResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
         RefreshRequest, RefreshResponse, RevokeMySessionRequest, RevokeMySessionResponse,
-        ValidateRequest, ValidateResponse, auth_service_server::AuthService,
+        ValidateRequest, ValidateResponse, WatchRevocationsRequest,
+        auth_service_server::AuthService,
     },
 };
 
@@ -29,21 +34,24 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthGrpc {
     auth: Arc<Authenticator>,
+    feed: RevocationFeed,
     client_address: ClientAddressRule,
     cookie: RefreshCookie,
 }
 
 impl AuthGrpc {
-    /// Serves `auth` over gRPC; a Login without a `client` address takes its address by
+    /// Serves `auth` and its revocation `feed` over gRPC; a Login without a `client` address takes its address by
     /// `client_address`. Browsers (gRPC-Web) get their refresh token in `cookie` instead of
     /// the response body.
     pub fn new(
         auth: Arc<Authenticator>,
+        feed: RevocationFeed,
         client_address: ClientAddressRule,
         cookie: RefreshCookie,
     ) -> Self {
         Self {
             auth,
+            feed,
             client_address,
             cookie,
         }
@@ -114,6 +122,15 @@ impl AuthGrpc {
 
 #[tonic::async_trait]
 impl AuthService for AuthGrpc {
+    type WatchRevocationsStream = feed::FeedStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        answer(async { Ok(Response::new(feed::watch(&self.feed, request.get_ref())?)) }).await
+    }
+
     async fn list_sessions(
         &self,
         request: Request<ListMySessionsRequest>,
@@ -285,6 +302,14 @@ pub(super) fn uuid_text(id: uuid::Uuid) -> String {
     id.hyphenated()
         .encode_lower(&mut uuid::Uuid::encode_buffer())
         .to_owned()
+}
+
+/// A time to the microsecond.
+pub(super) fn instant(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
 }
 
 pub(super) fn timestamp(unix_seconds: i64) -> prost_types::Timestamp {

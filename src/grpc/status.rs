@@ -38,10 +38,13 @@ impl From<AuthError> for Status {
             AuthError::AdminThrottled { .. } => (Code::ResourceExhausted, "ADMIN_THROTTLED"),
             AuthError::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
             AuthError::Throttled { .. } => (Code::ResourceExhausted, "LOGIN_THROTTLED"),
+            AuthError::TooManySubscribers => (Code::ResourceExhausted, "TOO_MANY_SUBSCRIBERS"),
+            AuthError::FeedConsumerTooSlow => (Code::ResourceExhausted, "FEED_CONSUMER_TOO_SLOW"),
+            AuthError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
             AuthError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             AuthError::Internal(_) => (Code::Internal, "INTERNAL"),
         };
-        if matches!(code, Code::Unavailable | Code::Internal) {
+        if matches!(err, AuthError::Unavailable(_) | AuthError::Internal(_)) {
             tracing::error!(error = %crate::report::error_chain(&err), "request failed");
         }
         let retry_after = match err {

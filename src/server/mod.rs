@@ -4,6 +4,7 @@
 
 mod health;
 mod keys;
+mod parts;
 mod transport;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -17,7 +18,7 @@ use tonic_health::{ServingStatus, pb::health_server::HealthServer};
 pub use health::{LIVENESS_SERVICE, SERVICE_NAME};
 
 use crate::{
-    auth::{AdminAccess, Authenticator, PasswordHasher, RevokedSessions, UserAdmin},
+    auth::{Authenticator, FeedCloser, RevocationFeed, RevokedSessions},
     cleanup,
     config::{Config, DatabaseSettings, TransportSettings},
     grpc::{
@@ -50,6 +51,8 @@ struct GrpcPort {
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     auth: Arc<Authenticator>,
+    /// The revocation feed, and what ends its streams at shutdown.
+    feed: (RevocationFeed, FeedCloser),
     /// The AdminService, when configured.
     admin: Option<AdminGrpc>,
     /// Which calls get a server span; `None` while tracing is off.
@@ -80,16 +83,17 @@ impl Application {
         let key_files = keys::KeyFileLocations::new(&config.sessions, &config.database);
         let keys = key_files.session_keys()?;
         let jwks = keys.access.jwks().clone();
-        let hasher = password_hasher(&config, &store).await?;
+        let hasher = parts::password_hasher(&config, &store).await?;
         let revoked = Arc::new(RevokedSessions::new(
             config.sessions.access_token_max_lifetime,
             config.sessions.jwt_leeway,
+            config.feed.buffer,
         ));
         let revocations_loaded_at = revoked
             .load(&store)
             .await
             .context("while loading revoked sessions")?;
-        let admin = admin_service(&config, &store, &hasher, &revoked)?;
+        let admin = parts::admin_service(&config, &store, &hasher, &revoked)?;
         let auth = Arc::new(Authenticator::new(
             &config.sessions,
             &config.login,
@@ -98,6 +102,11 @@ impl Application {
             hasher,
             Arc::clone(&revoked),
         ));
+        let feed = RevocationFeed::new(
+            Arc::clone(&revoked),
+            config.feed,
+            config.sessions.revocation_poll,
+        );
         let transport = &config.transport;
         let listener = TcpListener::bind(transport.listen)
             .await
@@ -120,6 +129,7 @@ impl Application {
                 listener,
                 tls,
                 auth,
+                feed,
                 admin,
                 call_sampler: None,
             },
@@ -266,9 +276,16 @@ impl GrpcPort {
         H: tonic_health::pb::health_server::Health,
         S: Future<Output = ()> + Send,
     {
+        let (feed, feed_closer) = self.feed;
+        // Feed streams never end by themselves: end them as the drain begins.
+        let signal = async move {
+            signal.await;
+            feed_closer.close();
+        };
         let auth_service = InFlightLimit::new(
             AuthServiceServer::new(AuthGrpc::new(
                 self.auth,
+                feed,
                 settings.client_address,
                 RefreshCookie::new(&settings.browser.refresh_cookie),
             ))
@@ -341,44 +358,4 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<
         .await
         .context("while migrating the database")?;
     Ok(store)
-}
-
-/// The AdminService, when `AUTH_ADMIN_CLIENTS` or `AUTH_ADMIN_TOKEN_FILE` is set: the same
-/// user administration as the CLI, ending sessions on this replica's revocation set at once.
-fn admin_service(
-    config: &Config,
-    store: &Store,
-    hasher: &PasswordHasher,
-    revoked: &Arc<RevokedSessions>,
-) -> anyhow::Result<Option<AdminGrpc>> {
-    if !config.admin.enabled() {
-        return Ok(None);
-    }
-    let access = AdminAccess::new(&config.admin, config.login.address_backoff)
-        .context("while reading the admin credentials (AUTH_ADMIN_*)")?;
-    let session_max = chrono::TimeDelta::from_std(config.sessions.session_max_lifetime)
-        .unwrap_or(chrono::TimeDelta::MAX);
-    let admin = UserAdmin::new(store.clone(), hasher.clone(), config.login.password_policy)
-        .serving(Arc::clone(revoked), session_max);
-    Ok(Some(AdminGrpc::new(Arc::new(access), Arc::new(admin))))
-}
-
-/// The password hasher, able to verify every argon2 parameter set the stored hashes use.
-async fn password_hasher(config: &Config, store: &Store) -> anyhow::Result<PasswordHasher> {
-    let login = &config.login;
-    let mut hasher = PasswordHasher::new(
-        login.argon2,
-        login.password_hash_concurrency,
-        login.password_hash_queue,
-    )
-    .context("while preparing the password hasher")?;
-    let in_use = store
-        .password_hash_prefixes()
-        .await
-        .context("while reading which argon2 parameters the stored hashes use")?;
-    hasher
-        .cover(&in_use)
-        .await
-        .context("while preparing the password hasher")?;
-    Ok(hasher)
 }

@@ -10,6 +10,7 @@ mod browser;
 mod cleanup;
 mod cli;
 mod examples;
+mod feed;
 mod hostile_input;
 mod keys;
 mod layout;

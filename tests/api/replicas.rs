@@ -7,9 +7,12 @@ use authd::store::LISTENER_APPLICATION_NAME;
 use sea_orm::sqlx::{self, Connection as _, PgConnection};
 use tonic::Code;
 
-use crate::common::{
-    self, Backend, PASSWORD, TestDatabase, add_user, eventually, login, logout,
-    process::AuthdProcess, validate,
+use crate::{
+    common::{
+        self, Backend, PASSWORD, TestDatabase, add_user, eventually, login, logout,
+        process::AuthdProcess, validate,
+    },
+    feed,
 };
 
 /// Polls so rare that a test passing within seconds was served by the push.
@@ -114,11 +117,35 @@ async fn a_killed_listener_connects_again_and_the_push_resumes() {
 
 /// What `name` counts in the scrape of `metrics` (0 before its first count).
 async fn counter(metrics: std::net::SocketAddr, name: &str) -> f64 {
-    let (_, scrape) = common::http_get(metrics, "/metrics").await;
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    common::metric(metrics, name).await.unwrap_or(0.0)
+}
+
+/// WatchRevocations on one replica carries a logout made on the other within 2 s, by the
+/// push; and a subscriber that moves to the first replica with the second's position misses
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_of_one_replica_carries_a_logout_made_on_the_other() {
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let (one, two) = two_listening_replicas(&db).await;
+    add_user(&db, "alice@example.com", PASSWORD).await;
+    let (one, two) = (one.client().await, two.client().await);
+    let first = login(&one, "alice@example.com", PASSWORD).await.unwrap();
+    let second = login(&one, "alice@example.com", PASSWORD).await.unwrap();
+    let mut feed = feed::watch(&two, "").await.unwrap();
+    let (_, position) = feed::read_snapshot(&mut feed).await;
+    drop(feed);
+    logout(&one, &first.refresh_token, false).await.unwrap();
+
+    let mut moved = feed::watch(&one, &position).await.unwrap();
+    let (caught_up, _) = feed::read_snapshot(&mut moved).await;
+    assert!(
+        caught_up.contains(&first.session_id),
+        "resumed elsewhere, the revocation made while away came back: {caught_up:?}"
+    );
+    let mut feed = feed::watch(&two, "").await.unwrap();
+    feed::read_snapshot(&mut feed).await;
+    logout(&one, &second.refresh_token, false).await.unwrap();
+    feed::read_until_revoked(&mut feed, &second.session_id, Duration::from_secs(2)).await;
 }
 
 /// While the listeners keep losing their connection, a revocation still arrives by the poll,

@@ -322,6 +322,8 @@ pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("valid URI")
         .connect_timeout(Duration::from_secs(5))
+        // A call that hangs fails, naming itself, long before the test's own time runs out.
+        .timeout(Duration::from_secs(60))
         .connect()
         .await
         .expect("client connects")
@@ -367,6 +369,15 @@ pub async fn assert_validate_refused(client: &Client, access_token: &str, reason
         Code::Unauthenticated,
         reason,
     );
+}
+
+/// The value of one metric line (its name and labels, as scraped) at `GET /metrics` of
+/// `http`; `None` before it was first recorded.
+pub async fn metric(http: SocketAddr, line: &str) -> Option<f64> {
+    let (_, scrape) = http_get(http, "/metrics").await;
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
