@@ -98,12 +98,16 @@ impl BoundedListener {
     }
 
     /// The connections as a stream, for tonic's `serve_with_incoming`: a task accepts them
-    /// and ends when the server drops the stream.
+    /// and ends, closing the listening socket, as soon as the server drops the stream (not
+    /// at the next connection: the port must be free once the server has stopped).
     pub fn into_stream(self) -> ReceiverStream<io::Result<BoundedStream>> {
         let (sender, receiver) = mpsc::channel(1);
         tokio::spawn(async move {
             loop {
-                let connection = self.next().await;
+                let connection = tokio::select! {
+                    () = sender.closed() => return,
+                    connection = self.next() => connection,
+                };
                 if sender.send(Ok(connection)).await.is_err() {
                     return;
                 }

@@ -205,6 +205,8 @@ impl Application {
             } => tracing::warn!(?grace, "in-flight calls still running after the grace period; exiting"),
         }
         http.abort();
+        // Wait for the abort, so the HTTP port is free once this returns.
+        let _ = http.await;
         jobs.stop().await;
         store
             .close()

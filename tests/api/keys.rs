@@ -55,32 +55,56 @@ async fn the_published_jwks_verifies_tokens_with_an_independent_library(backend:
     assert_eq!(Ed25519.name(), "EdDSA");
 }
 
-async fn a_rotated_out_key_verifies_while_listed_and_fails_once_removed(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let login = app.user_with_session("alice@example.com").await;
-    let db = app.stop().await;
+/// A rotation of `db`'s signing key: a new key signs, the old one is listed as verify-only
+/// (as a public key).
+pub(crate) struct KeyRotation {
+    _folder: tempfile::TempDir,
+    new_key: String,
+    old_public: String,
+}
 
-    // Rotate: a new signing key, the old one listed as verify-only (as a public key).
-    let keys = tempfile::tempdir().unwrap();
-    let (new_key, old_public) = (keys.path().join("new.pem"), keys.path().join("old.pub.pem"));
-    authd::auth::generate_key_file(&new_key).unwrap();
-    let old_private = match &db {
-        TestDatabase::Sqlite { dir, .. } => dir.path().join("signing_key.pem"),
-        TestDatabase::Postgres { .. } => db.key_file().unwrap(),
-    };
-    let old = authd::auth::load_signing_key(Some(&old_private), None).unwrap();
-    {
+impl KeyRotation {
+    pub(crate) fn new(db: &TestDatabase) -> Self {
         use ed25519_dalek::pkcs8::{EncodePublicKey as _, spki::der::pem::LineEnding};
+        let folder = tempfile::tempdir().unwrap();
+        let (new_key, old_public) = (
+            folder.path().join("new.pem"),
+            folder.path().join("old.pub.pem"),
+        );
+        authd::auth::generate_key_file(&new_key).unwrap();
+        let old_private = match db {
+            TestDatabase::Sqlite { dir, .. } => dir.path().join("signing_key.pem"),
+            TestDatabase::Postgres { .. } => db.key_file().unwrap(),
+        };
+        let old = authd::auth::load_signing_key(Some(&old_private), None).unwrap();
         let pem = old
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
             .unwrap();
         std::fs::write(&old_public, pem).unwrap();
+        let text = |path: std::path::PathBuf| path.into_os_string().into_string().unwrap();
+        Self {
+            _folder: folder,
+            new_key: text(new_key),
+            old_public: text(old_public),
+        }
     }
-    let rotated = [
-        ("AUTH_SIGNING_KEY_FILE", new_key.to_str().unwrap()),
-        ("AUTH_VERIFICATION_KEY_FILES", old_public.to_str().unwrap()),
-    ];
+
+    /// The settings that make the rotation.
+    pub(crate) fn settings(&self) -> [(&'static str, &str); 2] {
+        [
+            ("AUTH_SIGNING_KEY_FILE", &self.new_key),
+            ("AUTH_VERIFICATION_KEY_FILES", &self.old_public),
+        ]
+    }
+}
+
+async fn a_rotated_out_key_verifies_while_listed_and_fails_once_removed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let login = app.user_with_session("alice@example.com").await;
+    let db = app.stop().await;
+    let rotation = KeyRotation::new(&db);
+    let rotated = rotation.settings();
     let app = TestApp::spawn_on(db, &rotated).await;
     validate(&app.client, &login.access_token)
         .await

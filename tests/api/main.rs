@@ -26,3 +26,4 @@ mod tls;
 mod traces;
 mod upgrade;
 mod validate;
+mod verifier;

@@ -23,7 +23,7 @@ on_both_backends!(
 );
 
 /// Signs `header.claims` with `key`, however odd the header and claims are.
-fn sign(key: &SigningKey, header: &Value, claims: &Value) -> String {
+pub(crate) fn sign(key: &SigningKey, header: &Value, claims: &Value) -> String {
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -37,7 +37,7 @@ fn sign(key: &SigningKey, header: &Value, claims: &Value) -> String {
 }
 
 /// The decoded header and claims of a real token, to forge variations of.
-fn parts(token: &str) -> (Value, Value) {
+pub(crate) fn parts(token: &str) -> (Value, Value) {
     let mut segments = token.split('.');
     let mut decode = || -> Value {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segments.next().unwrap()).unwrap()).unwrap()
@@ -79,12 +79,16 @@ async fn an_empty_token_is_an_invalid_argument(backend: Backend) {
     );
 }
 
-async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let login = app.user_with_session("alice@example.com").await;
-    let server_key = SigningKey::from_pkcs8_pem(&app.db.signing_key_pem()).unwrap();
+/// Forgeries and malformations of a real access token (signed by `server_key`) and of a
+/// refresh token, each named; every one must be refused as TOKEN_INVALID, by Validate and by
+/// a verifier alike.
+pub(crate) fn forgeries(
+    access_token: &str,
+    refresh_token: &str,
+    server_key: &SigningKey,
+) -> Vec<(&'static str, String)> {
     let attacker_key = SigningKey::from_bytes(&[7u8; 32]);
-    let (header, claims) = parts(&login.access_token);
+    let (header, claims) = parts(access_token);
     let with = |value: &Value, key: &str, new: Value| {
         let mut changed = value.clone();
         changed[key] = new;
@@ -92,13 +96,7 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
     };
     let now = chrono::Utc::now().timestamp();
 
-    // Sanity check of the forging helper: an exact re-signing with the server's key passes.
-    validate(&app.client, &sign(&server_key, &header, &claims))
-        .await
-        .expect("re-signed token");
-
-    let mut tampered = login
-        .access_token
+    let mut tampered = access_token
         .split('.')
         .map(str::to_owned)
         .collect::<Vec<_>>();
@@ -131,10 +129,10 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
         )
     };
 
-    let cases: Vec<(&str, String)> = vec![
+    vec![
         ("garbage", "not a token".into()),
         ("three empty segments", "..".into()),
-        ("a refresh token", login.refresh_token.clone()),
+        ("a refresh token", refresh_token.to_owned()),
         ("tampered payload", tampered.join(".")),
         ("alg none", alg_none),
         ("HS256 keyed with the public key", hs256_with_public_key),
@@ -160,28 +158,28 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
         ),
         (
             "unknown kid",
-            sign(&server_key, &with(&header, "kid", json!("other")), &claims),
+            sign(server_key, &with(&header, "kid", json!("other")), &claims),
         ),
         (
             "no kid",
-            sign(&server_key, &with(&header, "kid", Value::Null), &claims),
+            sign(server_key, &with(&header, "kid", Value::Null), &claims),
         ),
         (
             "typ JWT",
-            sign(&server_key, &with(&header, "typ", json!("JWT")), &claims),
+            sign(server_key, &with(&header, "typ", json!("JWT")), &claims),
         ),
         (
             "no typ",
-            sign(&server_key, &with(&header, "typ", Value::Null), &claims),
+            sign(server_key, &with(&header, "typ", Value::Null), &claims),
         ),
         (
             "wrong issuer",
-            sign(&server_key, &header, &with(&claims, "iss", json!("evil"))),
+            sign(server_key, &header, &with(&claims, "iss", json!("evil"))),
         ),
         (
             "wrong audience",
             sign(
-                &server_key,
+                server_key,
                 &header,
                 &with(&claims, "aud", json!("other-svc")),
             ),
@@ -189,7 +187,7 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
         (
             "not yet valid",
             sign(
-                &server_key,
+                server_key,
                 &header,
                 &with(&claims, "nbf", json!(now + 3600)),
             ),
@@ -197,7 +195,7 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
         (
             "exp as a string",
             sign(
-                &server_key,
+                server_key,
                 &header,
                 &with(&claims, "exp", json!((now + 600).to_string())),
             ),
@@ -205,28 +203,60 @@ async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
         (
             "iat as a string",
             sign(
-                &server_key,
+                server_key,
                 &header,
                 &with(&claims, "iat", json!(now.to_string())),
             ),
         ),
         (
             "nbf as a string",
-            sign(&server_key, &header, &with(&claims, "nbf", json!("0"))),
+            sign(server_key, &header, &with(&claims, "nbf", json!("0"))),
         ),
         (
             "sub not a UUID",
-            sign(&server_key, &header, &with(&claims, "sub", json!("alice"))),
+            sign(server_key, &header, &with(&claims, "sub", json!("alice"))),
         ),
         (
             "sid missing",
-            sign(&server_key, &header, &with(&claims, "sid", Value::Null)),
+            sign(server_key, &header, &with(&claims, "sid", Value::Null)),
         ),
         (
             "exp missing",
-            sign(&server_key, &header, &with(&claims, "exp", Value::Null)),
+            sign(server_key, &header, &with(&claims, "exp", Value::Null)),
         ),
-    ];
+        (
+            "living longer than the longest lifetime",
+            sign(
+                server_key,
+                &header,
+                &with(&with(&claims, "iat", json!(now)), "exp", json!(now + 3600)),
+            ),
+        ),
+        (
+            "issued in the future",
+            sign(
+                server_key,
+                &header,
+                &with(
+                    &with(&claims, "iat", json!(now + 300)),
+                    "exp",
+                    json!(now + 600),
+                ),
+            ),
+        ),
+    ]
+}
+
+async fn forged_and_malformed_tokens_are_rejected(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let login = app.user_with_session("alice@example.com").await;
+    let server_key = SigningKey::from_pkcs8_pem(&app.db.signing_key_pem()).unwrap();
+    let (header, claims) = parts(&login.access_token);
+    // Sanity check of the forging helper: an exact re-signing with the server's key passes.
+    validate(&app.client, &sign(&server_key, &header, &claims))
+        .await
+        .expect("re-signed token");
+    let cases = forgeries(&login.access_token, &login.refresh_token, &server_key);
     for (case, token) in cases {
         match validate(&app.client, &token).await {
             Ok(response) => panic!("{case}: accepted as {response:?}"),

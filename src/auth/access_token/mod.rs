@@ -2,43 +2,17 @@
 
 use std::{collections::HashMap, time::Duration};
 
+pub use authd_verifier::AccessClaims;
+use authd_verifier::{ACCESS_TOKEN_TYPE, ALGORITHM, Rejection, TokenRules};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::Signer as _;
 use jsonwebtoken::{
-    Algorithm, DecodingKey, Header, Validation,
-    errors::ErrorKind,
+    DecodingKey, Header,
     jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
 };
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{AuthError, KeyError};
-
-/// The `typ` header of every access token (RFC 9068), so no other JWT passes as one.
-const ACCESS_TOKEN_TYPE: &str = "at+jwt";
-/// The one signing algorithm; tokens naming any other are refused.
-const ALGORITHM: Algorithm = Algorithm::EdDSA;
-
-/// The claims of an access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessClaims {
-    /// Issuer: `AUTH_ISSUER`.
-    pub iss: String,
-    /// Audience: `AUTH_AUDIENCE`.
-    pub aud: String,
-    /// The user's id.
-    pub sub: Uuid,
-    /// The session's id.
-    pub sid: Uuid,
-    /// The user's email when the token was issued.
-    pub email: String,
-    /// Issued at, in seconds since the Unix epoch.
-    pub iat: i64,
-    /// Expires at, in seconds since the Unix epoch.
-    pub exp: i64,
-    /// A unique id for this token.
-    pub jti: Uuid,
-}
 
 /// Signs access tokens with one Ed25519 key and verifies them against the known keys: the
 /// signing key and any verify-only keys (older keys whose tokens may still be alive).
@@ -54,12 +28,10 @@ pub struct TokenKeys {
     decoding: HashMap<String, DecodingKey>,
     /// The public half of every key, as published at `/.well-known/jwks.json`.
     jwks: JwkSet,
-    validation: Validation,
+    /// What a token must satisfy: the same rules as every `authd-verifier`.
+    rules: TokenRules,
     issuer: String,
     audience: String,
-    /// [`Acceptance::leeway`] and [`Acceptance::max_lifetime`], in seconds.
-    leeway: i64,
-    max_lifetime: i64,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -119,23 +91,15 @@ impl TokenKeys {
         header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
         header.kid = Some(kid.clone());
         let header = serde_json::to_vec(&header).map_err(|e| KeyError::Jwk(e.into()))?;
-        let mut validation = Validation::new(ALGORITHM);
-        validation.leeway = leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         Ok(Self {
             kid,
             signer: signing.clone(),
             encoded_header: URL_SAFE_NO_PAD.encode(header),
             decoding,
             jwks,
-            validation,
+            rules: TokenRules::new(issuer, audience, max_lifetime, leeway),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
-            max_lifetime: i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX),
         })
     }
 
@@ -178,36 +142,15 @@ impl TokenKeys {
         Ok(token)
     }
 
-    /// Checks signature, algorithm, `typ`, `kid`, iss, aud, exp and nbf, and that the token's
-    /// lifetime (`exp - iat`) is at most the longest accepted and its `iat` not in the future
-    /// beyond the leeway. Key-carrying headers (`jwk`, `jku`, `x5u`, `x5c`) are ignored: only
-    /// configured keys are trusted.
+    /// Checks the token by [`TokenRules`] against the known keys (by `kid`), now.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| AuthError::AccessTokenInvalid)?;
-        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE) {
-            return Err(AuthError::AccessTokenInvalid);
-        }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.decoding.get(kid))
-            .ok_or(AuthError::AccessTokenInvalid)?;
-        match jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation) {
-            Ok(data) => {
-                let claims = data.claims;
-                let now = chrono::Utc::now().timestamp();
-                let lifetime = claims.exp.saturating_sub(claims.iat);
-                if lifetime > self.max_lifetime || claims.iat > now.saturating_add(self.leeway) {
-                    return Err(AuthError::AccessTokenInvalid);
-                }
-                Ok(claims)
-            }
-            Err(e) => match e.kind() {
-                ErrorKind::ExpiredSignature => Err(AuthError::AccessTokenExpired),
-                _ => Err(AuthError::AccessTokenInvalid),
-            },
-        }
+        let now = chrono::Utc::now().timestamp();
+        self.rules
+            .check(token, now, |kid| self.decoding.get(kid))
+            .map_err(|rejection| match rejection {
+                Rejection::Expired => AuthError::AccessTokenExpired,
+                Rejection::Invalid | Rejection::UnknownKey => AuthError::AccessTokenInvalid,
+            })
     }
 }
 
