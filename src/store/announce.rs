@@ -18,18 +18,22 @@ const CHANNEL: &str = "authd_revocations";
 /// Sessions per notification: a payload must stay under PostgreSQL's 8,000 bytes.
 const SESSIONS_PER_NOTIFICATION: usize = 200;
 
-/// This process among the replicas: its own announcements come back to its listener too, and
-/// are skipped there (it applied them when it made them).
-static ORIGIN: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| Uuid::new_v4().simple().to_string());
-
 /// The listener connection's `application_name`, so operators (and tests) can find it.
 pub const LISTENER_APPLICATION_NAME: &str = "authd-revocation-listener";
 
-/// Announces that `sessions` were revoked at `at`, within the caller's statement or
-/// transaction. Nothing on SQLite.
+/// A new replica's name among the replicas, for [`announce`]: its own announcements come
+/// back to its listener too, and are skipped there (it applied them when it made them). One
+/// per store, not per process, so replicas sharing a process (tests, benchmarks) hear each
+/// other.
+pub(super) fn new_origin() -> std::sync::Arc<str> {
+    Uuid::new_v4().simple().to_string().into()
+}
+
+/// Announces, as `origin`, that `sessions` were revoked at `at`, within the caller's statement
+/// or transaction. Nothing on SQLite.
 pub(super) async fn announce(
     db: &impl ConnectionTrait,
+    origin: &str,
     sessions: &[Uuid],
     at: DateTime<Utc>,
 ) -> Result<(), DbErr> {
@@ -37,7 +41,7 @@ pub(super) async fn announce(
         return Ok(());
     }
     for chunk in sessions.chunks(SESSIONS_PER_NOTIFICATION) {
-        let mut payload = format!("{} {}", *ORIGIN, at.timestamp_micros());
+        let mut payload = format!("{origin} {}", at.timestamp_micros());
         for session in chunk {
             payload.push(' ');
             payload.push_str(session.simple().encode_lower(&mut Uuid::encode_buffer()));
@@ -57,6 +61,8 @@ pub(super) async fn announce(
 #[derive(Debug)]
 pub struct RevocationListener {
     listener: PgListener,
+    /// This replica's origin: its own announcements are skipped.
+    origin: std::sync::Arc<str>,
 }
 
 /// What the listener heard next.
@@ -91,7 +97,10 @@ impl Store {
             .await
             .map_err(connection_error)?;
         listener.listen(CHANNEL).await.map_err(connection_error)?;
-        Ok(Some(RevocationListener { listener }))
+        Ok(Some(RevocationListener {
+            listener,
+            origin: std::sync::Arc::clone(&self.origin),
+        }))
     }
 }
 
@@ -105,7 +114,7 @@ impl RevocationListener {
                 return Ok(Heard::Reconnecting);
             };
             match parse(notification.payload()) {
-                Some((origin, _, _)) if origin == ORIGIN.as_str() => {}
+                Some((origin, _, _)) if origin == &*self.origin => {}
                 Some((_, at, sessions)) => return Ok(Heard::Revoked(at, sessions)),
                 None => tracing::warn!("an unreadable revocation announcement was skipped"),
             }

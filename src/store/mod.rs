@@ -75,6 +75,8 @@ pub struct Store {
     write_turn: Option<WriteTurn>,
     /// Rotations, batched: those waiting in line share one statement.
     rotations: batcher::RotationBatcher,
+    /// This replica's name in its revocation announcements.
+    origin: Arc<str>,
 }
 
 /// The queue of SQLite writers in this process, with how long one waits before giving up.
@@ -172,6 +174,7 @@ impl Store {
             db,
             write_turn,
             rotations,
+            origin: announce::new_origin(),
         })
     }
 

@@ -163,9 +163,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Uuid>, StoreError> {
         let _turn = self.write_turn().await?;
-        let revoked =
-            revoke_sessions_where(&self.db, session::Column::Id.eq(session_id), reason, now)
-                .await?;
+        let revoked = self
+            .revoke_where(&self.db, session::Column::Id.eq(session_id), reason, now)
+            .await?;
         Ok(revoked.first().map(|session| session.user_id))
     }
 
@@ -186,7 +186,7 @@ impl Store {
         };
         let _turn = self.write_turn().await?;
         let condition = session::Column::UserId.eq(owned.user_id);
-        let revoked = revoke_sessions_where(&self.db, condition, reason, now).await?;
+        let revoked = self.revoke_where(&self.db, condition, reason, now).await?;
         let ids = revoked.into_iter().map(|session| session.id).collect();
         Ok(Some((owned.user_id, ids)))
     }
@@ -210,7 +210,7 @@ impl Store {
     ) -> Result<Vec<Uuid>, StoreError> {
         let _turn = self.write_turn().await?;
         let condition = session::Column::UserId.eq(user_id);
-        let revoked = revoke_sessions_where(&self.db, condition, reason, now).await?;
+        let revoked = self.revoke_where(&self.db, condition, reason, now).await?;
         Ok(revoked.into_iter().map(|session| session.id).collect())
     }
 
@@ -280,24 +280,29 @@ impl Store {
     }
 }
 
-/// Revokes the live sessions matching `condition`; returns them. Every revocation goes
-/// through here, so the metric counts them all (inside a transaction that later fails to
-/// commit, it counts a revocation that did not happen: rare, and on the side of caution).
-pub(super) async fn revoke_sessions_where(
-    db: &impl ConnectionTrait,
-    condition: impl IntoCondition,
-    reason: RevokedReason,
-    now: DateTime<Utc>,
-) -> Result<Vec<session::Model>, DbErr> {
-    let revoked = session::Entity::update_many()
-        .col_expr(session::Column::RevokedAt, now.into())
-        .col_expr(session::Column::RevokedReason, reason.as_str().into())
-        .filter(condition)
-        .filter(session::Column::RevokedAt.is_null())
-        .exec_with_returning(db)
-        .await?;
-    crate::metrics::sessions_revoked(reason.as_str(), revoked.len() as u64);
-    let ids: Vec<Uuid> = revoked.iter().map(|session| session.id).collect();
-    super::announce::announce(db, &ids, now).await?;
-    Ok(revoked)
+impl Store {
+    /// Revokes the live sessions matching `condition`, through `db` (the pool or the caller's
+    /// transaction), and announces them to the other replicas; returns them. Every revocation
+    /// goes through here, so the metric counts them all (inside a transaction that later
+    /// fails to commit, it counts a revocation that did not happen: rare, and on the side of
+    /// caution).
+    pub(super) async fn revoke_where(
+        &self,
+        db: &impl ConnectionTrait,
+        condition: impl IntoCondition,
+        reason: RevokedReason,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<session::Model>, DbErr> {
+        let revoked = session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, now.into())
+            .col_expr(session::Column::RevokedReason, reason.as_str().into())
+            .filter(condition)
+            .filter(session::Column::RevokedAt.is_null())
+            .exec_with_returning(db)
+            .await?;
+        crate::metrics::sessions_revoked(reason.as_str(), revoked.len() as u64);
+        let ids: Vec<Uuid> = revoked.iter().map(|session| session.id).collect();
+        super::announce::announce(db, &self.origin, &ids, now).await?;
+        Ok(revoked)
+    }
 }

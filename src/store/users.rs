@@ -11,7 +11,7 @@ use super::{
     Store, StoreError,
     entity::{session, user},
     now,
-    sessions::{RevokedReason, revoke_sessions_where},
+    sessions::RevokedReason,
 };
 
 /// How a caller names a user.
@@ -220,7 +220,8 @@ impl Store {
         };
         let revoked = match condition {
             Some(condition) => {
-                revoke_sessions_where(&txn, condition, RevokedReason::PasswordChanged, now).await?
+                self.revoke_where(&txn, condition, RevokedReason::PasswordChanged, now)
+                    .await?
             }
             None => Vec::new(),
         };
@@ -253,13 +254,14 @@ impl Store {
             txn.rollback().await?;
             return Ok(None);
         };
-        let revoked = revoke_sessions_where(
-            &txn,
-            session::Column::UserId.eq(user.id),
-            RevokedReason::UserDisabled,
-            now,
-        )
-        .await?;
+        let revoked = self
+            .revoke_where(
+                &txn,
+                session::Column::UserId.eq(user.id),
+                RevokedReason::UserDisabled,
+                now,
+            )
+            .await?;
         txn.commit().await?;
         Ok(Some((
             UserRecord::from(user),
