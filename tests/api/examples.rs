@@ -10,6 +10,7 @@ use tokio::process::Command;
 on_both_backends!(
     the_rust_client_example_runs_against_a_live_server,
     the_python_example_verifies_tokens_against_the_jwks,
+    the_verifier_example_verifies_locally_and_refuses_a_logged_out_session,
 );
 
 const EMAIL: &str = "example@example.com";
@@ -92,9 +93,41 @@ async fn the_python_example_verifies_tokens_against_the_jwks(backend: Backend) {
         "verified locally",
         "tampered token refused locally",
         "Validate agrees",
-        "after logout: still verifies offline, Validate says 'session revoked'",
+        "after logout: refused locally (session revoked)",
+        "and Validate says 'session revoked'",
     ];
     run(&mut python, &steps).await;
     let left: Vec<_> = std::fs::read_dir(scratch.path()).unwrap().collect();
     assert!(left.is_empty(), "the script left {left:?} behind");
+}
+
+async fn the_verifier_example_verifies_locally_and_refuses_a_logged_out_session(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let kept = app.user_with_session(EMAIL).await;
+    let ended = app.login(EMAIL, PASSWORD).await.unwrap();
+    common::logout(&app.client, &ended.refresh_token, false)
+        .await
+        .unwrap();
+    let mut example = Command::new(example_binary("verify_token"));
+    example.args([
+        "--jwks",
+        &format!("http://{}/.well-known/jwks.json", app.http_addr),
+        "--authd",
+        &format!("http://{}", app.addr),
+        &kept.access_token,
+        &ended.access_token,
+        "not-a-token",
+    ]);
+    let valid = format!("valid: user ");
+    let session = format!("session {}", kept.session_id);
+    run(
+        &mut example,
+        &[
+            &valid,
+            &session,
+            "refused: SESSION_REVOKED",
+            "refused: TOKEN_INVALID",
+        ],
+    )
+    .await;
 }
