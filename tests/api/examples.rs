@@ -118,12 +118,11 @@ async fn the_verifier_example_verifies_locally_and_refuses_a_logged_out_session(
         &ended.access_token,
         "not-a-token",
     ]);
-    let valid = format!("valid: user ");
     let session = format!("session {}", kept.session_id);
     run(
         &mut example,
         &[
-            &valid,
+            "valid: user ",
             &session,
             "refused: SESSION_REVOKED",
             "refused: TOKEN_INVALID",
