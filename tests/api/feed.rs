@@ -88,17 +88,25 @@ async fn sessions(app: &TestApp, n: usize) -> Vec<authd::proto::LoginResponse> {
     logins
 }
 
+/// A server where alice has three sessions, the first of them logged out.
+async fn three_sessions_first_logged_out(
+    backend: Backend,
+) -> (TestApp, Vec<authd::proto::LoginResponse>) {
+    let app = TestApp::spawn(backend).await;
+    let logins = sessions(&app, 3).await;
+    logout(&app.client, &logins[0].refresh_token, false)
+        .await
+        .unwrap();
+    (app, logins)
+}
+
 /// The value of a metric line (name with labels) in a scrape of `app`.
 async fn metric(app: &TestApp, line: &str) -> Option<f64> {
     common::metric(app.http_addr, line).await
 }
 
 async fn the_feed_starts_with_every_revoked_session_then_brings_each_new_one(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let logins = sessions(&app, 3).await;
-    logout(&app.client, &logins[0].refresh_token, false)
-        .await
-        .unwrap();
+    let (app, logins) = three_sessions_first_logged_out(backend).await;
 
     let mut feed = watch(&app.client, "").await.unwrap();
     let first = next(&mut feed).await;
@@ -135,11 +143,7 @@ async fn the_feed_starts_with_every_revoked_session_then_brings_each_new_one(bac
 }
 
 async fn a_subscriber_that_resumes_from_its_position_misses_nothing(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let logins = sessions(&app, 3).await;
-    logout(&app.client, &logins[0].refresh_token, false)
-        .await
-        .unwrap();
+    let (app, logins) = three_sessions_first_logged_out(backend).await;
     let mut feed = watch(&app.client, "").await.unwrap();
     let (seen, position) = read_snapshot(&mut feed).await;
     assert_eq!(seen, HashSet::from([logins[0].session_id.clone()]));
