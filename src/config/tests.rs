@@ -25,6 +25,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.sessions.validate_cache_size, 50_000);
     assert_eq!(c.feed.heartbeat, Duration::from_secs(5));
     assert_eq!(c.feed.max_subscribers, 256);
+    assert_eq!(c.feed.max_subscribers_per_address, 16);
     assert_eq!(c.feed.buffer, 4096);
     assert_eq!(c.feed.send_timeout, Duration::from_secs(10));
 }

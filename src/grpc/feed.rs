@@ -21,10 +21,11 @@ const QUEUE: usize = 2;
 /// Starts a subscription and the task that feeds its stream.
 pub(super) fn watch(
     feed: &RevocationFeed,
-    request: &WatchRevocationsRequest,
+    request: &tonic::Request<WatchRevocationsRequest>,
 ) -> Result<FeedStream, AuthError> {
-    let resume_from = FeedPosition::parse(&request.resume_from)?;
-    let mut subscription = feed.subscribe(resume_from)?;
+    let resume_from = FeedPosition::parse(&request.get_ref().resume_from)?;
+    let peer = request.remote_addr().map(|address| address.ip());
+    let mut subscription = feed.subscribe(peer, resume_from)?;
     let send_timeout = feed.send_timeout();
     let (queue, messages) = mpsc::channel(QUEUE);
     let (end, ended) = oneshot::channel();

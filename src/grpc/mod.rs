@@ -128,7 +128,7 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        answer(async { Ok(Response::new(feed::watch(&self.feed, request.get_ref())?)) }).await
+        answer(async { Ok(Response::new(feed::watch(&self.feed, &request)?)) }).await
     }
 
     async fn list_sessions(

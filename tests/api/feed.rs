@@ -16,6 +16,7 @@ on_both_backends!(
     a_quiet_feed_sends_heartbeats_that_move_its_position,
     a_malformed_position_is_an_invalid_argument,
     subscribers_beyond_the_limit_are_refused_until_one_leaves,
+    one_address_cannot_take_every_seat,
     a_subscriber_that_falls_a_ring_behind_is_disconnected,
     a_subscriber_that_stops_reading_is_disconnected,
     shutting_down_ends_every_stream_at_once,
@@ -208,6 +209,34 @@ async fn subscribers_beyond_the_limit_are_refused_until_one_leaves(backend: Back
     )
     .await;
     read_snapshot(&mut second).await;
+}
+
+async fn one_address_cannot_take_every_seat(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("AUTH_FEED_MAX_SUBSCRIBERS", "10"),
+            ("AUTH_FEED_MAX_SUBSCRIBERS_PER_ADDRESS", "2"),
+        ],
+    )
+    .await;
+    let mut first = watch(&app.client, "").await.unwrap();
+    let mut second = watch(&app.client, "").await.unwrap();
+    read_snapshot(&mut first).await;
+    read_snapshot(&mut second).await;
+    assert_refused(
+        watch(&app.client, "").await,
+        Code::ResourceExhausted,
+        "TOO_MANY_SUBSCRIBERS",
+    );
+    drop(first);
+    let mut third = common::eventually(
+        Duration::from_secs(5),
+        "the address's seat to be free",
+        || async { watch(&app.client, "").await.ok() },
+    )
+    .await;
+    read_snapshot(&mut third).await;
 }
 
 /// A client whose HTTP/2 windows hold `bytes`: what it does not read soon stops the server.

@@ -8,7 +8,12 @@
 //! (the poll's overlap and interval). Revocation times come from the database, so a position
 //! holds at any replica: resuming replays the entries revoked since `p - overlap`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::{
@@ -70,6 +75,8 @@ pub struct RevocationFeed {
     /// How late a revocation may reach this replica: what a resume replays.
     resume_overlap: TimeDelta,
     subscribers: Arc<Semaphore>,
+    /// Subscribers by peer address, so no one client takes every seat.
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
     closing: watch::Receiver<bool>,
 }
 
@@ -100,6 +107,7 @@ impl RevocationFeed {
             settings,
             resume_overlap: POLL_OVERLAP.checked_add(&poll).unwrap_or(TimeDelta::MAX),
             subscribers: Arc::new(Semaphore::new(settings.max_subscribers)),
+            per_address: Arc::default(),
             closing,
         };
         (feed, FeedCloser(close))
@@ -110,15 +118,27 @@ impl RevocationFeed {
         self.settings.send_timeout
     }
 
-    /// A new subscriber: everything revoked since `resume_from` (less the overlap), or the
-    /// whole set; then the news.
-    pub fn subscribe(&self, resume_from: Option<FeedPosition>) -> Result<Subscription, AuthError> {
+    /// A new subscriber at `peer`: everything revoked since `resume_from` (less the
+    /// overlap), or the whole set; then the news.
+    pub fn subscribe(
+        &self,
+        peer: Option<IpAddr>,
+        resume_from: Option<FeedPosition>,
+    ) -> Result<Subscription, AuthError> {
         if *self.closing.borrow() {
             return Err(AuthError::ShuttingDown);
         }
         let permit = Arc::clone(&self.subscribers)
             .try_acquire_owned()
             .map_err(|_| AuthError::TooManySubscribers)?;
+        if let Some(address) = peer {
+            let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.entry(address).or_default();
+            if *count >= self.settings.max_subscribers_per_address {
+                return Err(AuthError::TooManySubscribers);
+            }
+            *count += 1;
+        }
         crate::metrics::feed_subscribers_changed(1.0);
         // Subscribed before the first page is read: what is added meanwhile comes as news.
         let news = self.revoked.news.subscribe();
@@ -137,7 +157,11 @@ impl RevocationFeed {
             heartbeat: self.settings.heartbeat,
             last_sent: Instant::now(),
             closing: self.closing.clone(),
-            _seat: Seat { _permit: permit },
+            _seat: Seat {
+                _permit: permit,
+                peer,
+                per_address: Arc::clone(&self.per_address),
+            },
         })
     }
 }
@@ -155,10 +179,21 @@ struct Snapshot {
 #[derive(Debug)]
 struct Seat {
     _permit: OwnedSemaphorePermit,
+    peer: Option<IpAddr>,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
+        if let Some(address) = self.peer {
+            let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = counts.get_mut(&address) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&address);
+                }
+            }
+        }
         crate::metrics::feed_subscribers_changed(-1.0);
     }
 }
