@@ -20,6 +20,7 @@ on_both_backends!(
     a_subscriber_that_falls_a_ring_behind_is_disconnected,
     a_subscriber_that_stops_reading_is_disconnected,
     shutting_down_ends_every_stream_at_once,
+    grpcurl_follows_the_feed,
 );
 
 /// Opens a feed, resuming from `position` if any.
@@ -343,4 +344,29 @@ async fn shutting_down_ends_every_stream_at_once(backend: Backend) {
         .expect("the server stops without waiting out its grace period");
     let status = ending(feed).await;
     assert_status(&status, Code::Unavailable, "SHUTTING_DOWN");
+}
+
+async fn grpcurl_follows_the_feed(backend: Backend) {
+    let (app, logins) = three_sessions_first_logged_out(backend).await;
+    let addr = app.addr.to_string();
+    // A stream does not end by itself: grpcurl gives up after a second, having printed it.
+    let (ended, printed, errors) = common::process::grpcurl(&[
+        "-max-time",
+        "1",
+        "-d",
+        "{}",
+        &addr,
+        "auth.v1.AuthService/WatchRevocations",
+    ])
+    .await;
+    assert!(!ended, "the stream outlived grpcurl's deadline: {errors}");
+    assert!(errors.contains("DeadlineExceeded"), "{errors}");
+    for expected in [
+        logins[0].session_id.as_str(),
+        "\"caughtUp\": true",
+        "\"position\": \"p",
+    ] {
+        assert!(printed.contains(expected), "no {expected} in {printed}");
+    }
+    assert!(!printed.contains(&logins[1].session_id), "{printed}");
 }
