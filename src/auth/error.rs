@@ -87,8 +87,8 @@ pub enum AuthError {
     #[error("too many revocation feed subscribers; retry later or elsewhere")]
     TooManySubscribers,
     /// RESOURCE_EXHAUSTED (FEED_CONSUMER_TOO_SLOW): a revocation feed subscriber fell too far
-    /// behind, or took no message for `AUTH_FEED_SEND_TIMEOUT`; reconnect with the last
-    /// position.
+    /// behind (or took no message for `AUTH_FEED_SEND_TIMEOUT`, when its connection is
+    /// closed as well); reconnect with the last position.
     #[error("revocation feed subscriber too slow; reconnect with the last position")]
     FeedConsumerTooSlow,
     /// UNAVAILABLE (SHUTTING_DOWN): this replica is shutting down; call another.

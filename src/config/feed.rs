@@ -20,7 +20,7 @@ pub struct FeedSettings {
     /// (one ring shared by every subscriber, so memory does not grow with them).
     pub buffer: usize,
     /// `AUTH_FEED_SEND_TIMEOUT`: a subscriber that takes no message for this long while one
-    /// is waiting is disconnected.
+    /// is waiting has stopped reading: its connection is closed.
     pub send_timeout: Duration,
 }
 

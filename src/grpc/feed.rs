@@ -1,17 +1,23 @@
 //! WatchRevocations: a subscription's messages go to the client through a small queue, fed by
-//! a task of the stream's own that gives up on a client that stops reading.
+//! a task of the stream's own that gives up on a client that stops reading, and then cuts
+//! its connection: a stream with no window left cannot even carry its final status.
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{
+    mpsc::{self, error::TrySendError},
+    oneshot,
+};
 use tonic::Status;
 
 use super::{instant, uuid_text};
 use crate::{
     auth::{AuthError, FeedMessage, FeedPosition, RevocationFeed},
+    listener::ConnectionInfo,
     proto::{RevokedSession, WatchRevocationsRequest, WatchRevocationsResponse},
 };
 
@@ -25,6 +31,7 @@ pub(super) fn watch(
 ) -> Result<FeedStream, AuthError> {
     let resume_from = FeedPosition::parse(&request.get_ref().resume_from)?;
     let peer = request.remote_addr().map(|address| address.ip());
+    let connection = ConnectionInfo::of(request.extensions()).map(|info| Arc::clone(&info.calls));
     let mut subscription = feed.subscribe(peer, resume_from)?;
     let send_timeout = feed.send_timeout();
     let (queue, messages) = mpsc::channel(QUEUE);
@@ -40,12 +47,29 @@ pub(super) fn watch(
                 Ok(message) => response(message),
                 Err(reason) => break reason,
             };
-            match tokio::time::timeout(send_timeout, queue.send(message)).await {
-                Ok(Ok(())) => {}
+            let message = match queue.try_send(message) {
+                Ok(()) => continue,
                 // The client has gone.
-                Ok(Err(_)) => return,
-                Err(_) => break AuthError::FeedConsumerTooSlow,
+                Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(message)) => message,
+            };
+            // The client is behind: wait for it, up to the send timeout, unless the server
+            // is shutting down, which must not wait for it.
+            let stalled = tokio::select! {
+                biased;
+                () = subscription.closing() => AuthError::ShuttingDown,
+                sent = tokio::time::timeout(send_timeout, queue.send(message)) => match sent {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return,
+                    Err(_) => AuthError::FeedConsumerTooSlow,
+                },
+            };
+            // Its stream may have no window left even for the status: cut the connection,
+            // or it would hold its buffers, and the shutdown, for as long as it likes.
+            if let Some(calls) = &connection {
+                calls.sever();
             }
+            break stalled;
         };
         crate::metrics::feed_disconnected(match reason {
             AuthError::ShuttingDown => "shutting_down",

@@ -5,24 +5,30 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 use tonic::transport::server::TcpConnectInfo;
 
 use crate::guarded_body::{FrameWatch, GuardedBody};
 
-/// The calls in flight on one connection, and since when none has been.
+/// The calls in flight on one connection, since when none has been, and whether the server
+/// has cut the connection.
 #[derive(Debug)]
 pub struct Calls {
     opened: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `opened` when the last call ended.
     idle_since_ms: AtomicU64,
+    /// Set by [`Calls::sever`]; the connection's reader notices it.
+    severed: AtomicBool,
+    /// Wakes the connection's reader, which waits for the peer otherwise.
+    reader: AtomicWaker,
 }
 
 impl Default for Calls {
@@ -31,6 +37,8 @@ impl Default for Calls {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            severed: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
         }
     }
 }
@@ -40,6 +48,20 @@ impl Calls {
     pub fn begin(self: &Arc<Self>) -> CallInFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         CallInFlight(Arc::clone(self))
+    }
+
+    /// Closes the connection, with every call on it: for a peer that stopped reading, whose
+    /// stream HTTP/2 can no longer end (no window left even for its last frames), and which
+    /// would otherwise hold its buffers, and hold up a shutdown, for as long as it likes.
+    pub fn sever(&self) {
+        self.severed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    /// Whether the connection was severed; otherwise the reader is woken when it is.
+    pub(super) fn poll_severed(&self, cx: &Context<'_>) -> bool {
+        self.reader.register(cx.waker());
+        self.severed.load(Ordering::Acquire)
     }
 
     /// When the connection became idle, or `None` while a call is in flight.
@@ -91,6 +113,25 @@ pub struct TrackCalls<S> {
     inner: S,
 }
 
+impl ConnectionInfo {
+    /// The connection a request came on, as tonic (plain or TLS) and axum put it in the
+    /// request's extensions.
+    pub fn of(extensions: &http::Extensions) -> Option<&Self> {
+        extensions
+            .get::<Self>()
+            .or_else(|| {
+                extensions
+                    .get::<tonic::transport::server::TlsConnectInfo<Self>>()
+                    .map(|tls| tls.get_ref())
+            })
+            .or_else(|| {
+                extensions
+                    .get::<axum::extract::ConnectInfo<Self>>()
+                    .map(|axum| &axum.0)
+            })
+    }
+}
+
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for TrackCalls<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -104,20 +145,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let extensions = request.extensions();
-        let info = extensions
-            .get::<ConnectionInfo>()
-            .or_else(|| {
-                extensions
-                    .get::<tonic::transport::server::TlsConnectInfo<ConnectionInfo>>()
-                    .map(|tls| tls.get_ref())
-            })
-            .or_else(|| {
-                extensions
-                    .get::<axum::extract::ConnectInfo<ConnectionInfo>>()
-                    .map(|axum| &axum.0)
-            })
-            .cloned();
+        let info = ConnectionInfo::of(request.extensions()).cloned();
         let call = info.map(|info| {
             let call = info.calls.begin();
             request.extensions_mut().insert(info.tcp);

@@ -99,6 +99,12 @@ impl AsyncRead for BoundedStream {
                     "the connection was idle for the idle timeout",
                 )));
             }
+            if this.info.calls.poll_severed(cx) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the server cut the connection of a peer that stopped reading",
+                )));
+            }
         } else if let (Poll::Ready(Ok(())), Some(opening)) = (&read, &mut this.opening)
             && opening.complete_after(&buf.filled()[before..])
         {

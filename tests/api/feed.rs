@@ -5,6 +5,7 @@ use std::{collections::HashSet, time::Duration};
 
 use authd::proto::{WatchRevocationsRequest, WatchRevocationsResponse};
 use tonic::{Code, Status, Streaming, transport::Channel};
+use tonic_types::StatusExt as _;
 
 use crate::common::{
     self, Backend, Client, PASSWORD, TestApp, assert_refused, assert_status, logout,
@@ -330,20 +331,49 @@ async fn a_subscriber_that_stops_reading_is_disconnected(backend: Backend) {
         },
     )
     .await;
-    let status = ending(feed).await;
-    assert_status(&status, Code::ResourceExhausted, "FEED_CONSUMER_TOO_SLOW");
+    assert_cut_off(ending(feed).await, "FEED_CONSUMER_TOO_SLOW");
+}
+
+/// A stalled subscriber's stream ends with its connection cut (a transport error, with no
+/// word from authd), or, had the status still found room, with `reason`.
+#[track_caller]
+fn assert_cut_off(status: Status, reason: &str) {
+    if status.get_details_error_info().is_some() {
+        assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+    } else {
+        assert!(
+            matches!(status.code(), Code::Unknown | Code::Unavailable),
+            "not a cut connection: {status:?}"
+        );
+    }
 }
 
 async fn shutting_down_ends_every_stream_at_once(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &[("AUTH_SHUTDOWN_GRACE", "1m")]).await;
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("AUTH_SHUTDOWN_GRACE", "1m"),
+            ("AUTH_FEED_HEARTBEAT", "10ms"),
+            ("AUTH_FEED_SEND_TIMEOUT", "1m"),
+        ],
+    )
+    .await;
+    let narrow = narrow_client(&app, 1024).await;
+    let mut stalled = watch(&narrow, "").await.unwrap();
+    read_snapshot(&mut stalled).await;
     let mut feed = watch(&app.client, "").await.unwrap();
     read_snapshot(&mut feed).await;
-    // Within the grace period the drain would otherwise wait for the stream.
+    // A hundred heartbeats (4 KiB) went to each: the stalled subscriber's 1 KiB window and
+    // queue are full, and its stream waits on it.
+    for _ in 0..100 {
+        next(&mut feed).await;
+    }
+    // Within the grace period and the send timeout the drain would otherwise wait for both.
     tokio::time::timeout(Duration::from_secs(20), app.stop())
         .await
         .expect("the server stops without waiting out its grace period");
-    let status = ending(feed).await;
-    assert_status(&status, Code::Unavailable, "SHUTTING_DOWN");
+    assert_status(&ending(feed).await, Code::Unavailable, "SHUTTING_DOWN");
+    assert_cut_off(ending(stalled).await, "SHUTTING_DOWN");
 }
 
 async fn grpcurl_follows_the_feed(backend: Backend) {

@@ -255,6 +255,12 @@ impl Subscription {
         Ok(self.message(revoked, true))
     }
 
+    /// Completes once the server begins shutting down (for a caller waiting on the
+    /// subscriber rather than on [`Subscription::next`]).
+    pub async fn closing(&mut self) {
+        let _ = self.closing.wait_for(|closed| *closed).await;
+    }
+
     /// Adds the news waiting, up to a page; once none is left, the position moves to now.
     fn drain_news(&mut self, into: &mut Vec<Revocation>) -> Result<(), AuthError> {
         use broadcast::error::TryRecvError;
