@@ -198,19 +198,24 @@ async fn subscribers_beyond_the_limit_are_refused_until_one_leaves(backend: Back
     let app = TestApp::spawn_with(backend, &[("AUTH_FEED_MAX_SUBSCRIBERS", "1")]).await;
     let mut first = watch(&app.client, "").await.unwrap();
     read_snapshot(&mut first).await;
+    refused_until_one_leaves(&app, first).await;
+}
+
+/// Every seat this caller may take is taken: one more subscriber is refused, and once
+/// `leaving` goes, a new one gets the snapshot.
+async fn refused_until_one_leaves(app: &TestApp, leaving: Streaming<WatchRevocationsResponse>) {
     assert_refused(
         watch(&app.client, "").await,
         Code::ResourceExhausted,
         "TOO_MANY_SUBSCRIBERS",
     );
-    drop(first);
-    let mut second = common::eventually(
-        Duration::from_secs(5),
-        "the first subscriber's seat to be free",
-        || async { watch(&app.client, "").await.ok() },
-    )
-    .await;
-    read_snapshot(&mut second).await;
+    drop(leaving);
+    let mut next_one =
+        common::eventually(Duration::from_secs(5), "the seat given back", || async {
+            watch(&app.client, "").await.ok()
+        })
+        .await;
+    read_snapshot(&mut next_one).await;
 }
 
 async fn one_address_cannot_take_every_seat(backend: Backend) {
@@ -226,19 +231,7 @@ async fn one_address_cannot_take_every_seat(backend: Backend) {
     let mut second = watch(&app.client, "").await.unwrap();
     read_snapshot(&mut first).await;
     read_snapshot(&mut second).await;
-    assert_refused(
-        watch(&app.client, "").await,
-        Code::ResourceExhausted,
-        "TOO_MANY_SUBSCRIBERS",
-    );
-    drop(first);
-    let mut third = common::eventually(
-        Duration::from_secs(5),
-        "the address's seat to be free",
-        || async { watch(&app.client, "").await.ok() },
-    )
-    .await;
-    read_snapshot(&mut third).await;
+    refused_until_one_leaves(&app, first).await;
 }
 
 /// A client whose HTTP/2 windows hold `bytes`: what it does not read soon stops the server.
