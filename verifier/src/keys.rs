@@ -75,19 +75,15 @@ impl KeyRing {
 
     /// Fetches the keys for a token signed by an unknown one, unless a fetch began within
     /// the refetch interval (so forged `kid`s cannot make the verifier hammer authd). Callers
-    /// arriving together share one fetch. Whether the keys may have changed.
-    pub(crate) async fn refetch_for_unknown_key(&self) -> bool {
+    /// arriving together wait for one fetch, then look at what it brought.
+    pub(crate) async fn refetch_for_unknown_key(&self) {
         let mut last = self.last_fetch.lock().await;
         if last.is_some_and(|at| at.elapsed() < self.refetch_interval) {
-            return false;
+            return;
         }
         *last = Some(Instant::now());
-        match self.fetch().await {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not refetch authd's keys");
-                false
-            }
+        if let Err(e) = self.fetch().await {
+            tracing::warn!(error = %e, "could not refetch authd's keys");
         }
     }
 

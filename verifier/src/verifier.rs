@@ -263,7 +263,8 @@ impl Verifier {
     /// Validate while the feed is stale if [`OnStale::CallValidate`] is set.
     pub async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, VerifyError> {
         let outcome = match self.check(token, unix_now()) {
-            Err(Refusal::UnknownKey) if self.inner.keys.refetch_for_unknown_key().await => {
+            Err(Refusal::UnknownKey) => {
+                self.inner.keys.refetch_for_unknown_key().await;
                 self.check(token, unix_now())
             }
             outcome => outcome,
