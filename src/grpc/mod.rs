@@ -40,9 +40,9 @@ pub struct AuthGrpc {
 }
 
 impl AuthGrpc {
-    /// Serves `auth` and its revocation `feed` over gRPC; a Login without a `client` address takes its address by
-    /// `client_address`. Browsers (gRPC-Web) get their refresh token in `cookie` instead of
-    /// the response body.
+    /// Serves `auth` and its revocation `feed` over gRPC; a Login without a `client` address
+    /// takes its address by `client_address`. Browsers (gRPC-Web) get their refresh token in
+    /// `cookie` instead of the response body.
     pub fn new(
         auth: Arc<Authenticator>,
         feed: RevocationFeed,

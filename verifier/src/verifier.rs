@@ -279,11 +279,12 @@ impl Verifier {
 
     fn check(&self, token: &str, now: i64) -> Result<Arc<AccessClaims>, Refusal> {
         let inner = &*self.inner;
-        let key = inner.cache.as_ref().map(|_| self.key_of(token));
-        let cached = inner
+        // The cache and this token's key in it, when the cache is on.
+        let slot = inner
             .cache
             .as_ref()
-            .zip(key)
+            .map(|cache| (cache, self.key_of(token)));
+        let cached = slot
             .and_then(|(cache, key)| cache.get(&key))
             .filter(|claims| now < claims.exp.saturating_add(inner.rules.leeway_seconds()));
         let claims = match cached {
@@ -297,7 +298,7 @@ impl Verifier {
                         Rejection::Invalid => Refusal::Verify(VerifyError::Invalid),
                     },
                 )?);
-                if let Some((cache, key)) = inner.cache.as_ref().zip(key) {
+                if let Some((cache, key)) = slot {
                     cache.insert(key, Arc::clone(&claims));
                 }
                 claims
