@@ -20,7 +20,6 @@ mod revocation;
 mod self_service;
 mod throttle;
 mod users;
-mod verified;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,6 +28,7 @@ use uuid::Uuid;
 
 pub use access_token::{Acceptance, AccessClaims, TokenKeys};
 pub use admin_access::{AdminAccess, AdminCaller, AdminCredentials};
+pub use authd_verifier::VerifiedTokens;
 pub use credentials::{Email, Password, PasswordRule};
 pub use error::AuthError;
 pub use key_files::{
@@ -48,7 +48,6 @@ pub use throttle::{
     AccountTurns, AddressThrottle, FAILURE_MEMORY, KNOWN_CLIENT_MEMORY, throttle_key,
 };
 pub use users::{MAX_PAGE_SIZE, SessionPage, UserAdmin, UserRef};
-pub use verified::VerifiedTokens;
 
 use crate::{
     config::{Backoff, LoginSettings, PasswordPolicy, SessionSettings},
@@ -139,7 +138,10 @@ impl Authenticator {
             keys: keys.access,
             refresh_key: keys.refresh,
             grace: keys.reuse_grace,
-            verified: VerifiedTokens::new(sessions.validate_cache_size, sessions.jwt_leeway),
+            verified: VerifiedTokens::new(
+                sessions.validate_cache_size,
+                i64::try_from(sessions.jwt_leeway.as_secs()).unwrap_or(i64::MAX),
+            ),
             revoked,
             access_token_ttl: sessions.access_token_ttl,
             account_backoff: login.account_backoff,

@@ -37,6 +37,11 @@ mod rules;
 
 pub use rules::{ACCESS_TOKEN_TYPE, ALGORITHM, AccessClaims, Rejection, TokenRules};
 
+#[cfg(feature = "cache")]
+mod cache;
+#[cfg(feature = "cache")]
+pub use cache::VerifiedTokens;
+
 #[cfg(feature = "client")]
 mod feed;
 #[cfg(feature = "client")]

@@ -1,20 +1,14 @@
 //! The verifier: the token rules against authd's keys, a cache of verified tokens, and the
 //! revoked sessions from the feed.
 
-use std::{
-    hash::{BuildHasher as _, RandomState},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use quick_cache::sync::Cache;
-use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use tokio::task::JoinHandle;
 use tonic::{Code, transport::Endpoint};
 use tonic_types::StatusExt as _;
 
 use crate::{
-    AccessClaims, Rejection, TokenRules,
+    AccessClaims, Rejection, TokenRules, VerifiedTokens,
     feed::{self, Revoked, unix_now},
     keys::KeyRing,
     proto::{ValidateRequest, auth_service_client::AuthServiceClient},
@@ -174,9 +168,7 @@ struct Inner {
     rules: TokenRules,
     keys: Arc<KeyRing>,
     revoked: Arc<Revoked>,
-    /// Verified tokens by a keyed 128-bit hash of the whole token (see authd's own cache).
-    cache: Option<Cache<u128, Arc<AccessClaims>>>,
-    hash_key: (u64, u64),
+    cache: VerifiedTokens,
     staleness: Duration,
     /// authd's Validate, when it stands in for a stale feed.
     validate: Option<AuthServiceClient<tonic::transport::Channel>>,
@@ -210,19 +202,19 @@ impl Verifier {
             settings.authd.clone(),
             settings.staleness,
         ));
-        let random = RandomState::new();
+        let rules = TokenRules::new(
+            &settings.issuer,
+            &settings.audience,
+            settings.max_lifetime,
+            settings.leeway,
+        );
+        let cache = VerifiedTokens::new(settings.cache_size, rules.leeway_seconds());
         Self {
             inner: Arc::new(Inner {
-                rules: TokenRules::new(
-                    &settings.issuer,
-                    &settings.audience,
-                    settings.max_lifetime,
-                    settings.leeway,
-                ),
+                rules,
                 keys,
                 revoked,
-                cache: (settings.cache_size > 0).then(|| Cache::new(settings.cache_size)),
-                hash_key: (random.hash_one(0_u8), random.hash_one(1_u8)),
+                cache,
                 staleness: settings.staleness,
                 validate: (settings.on_stale == OnStale::CallValidate)
                     .then(|| AuthServiceClient::new(settings.authd.connect_lazy())),
@@ -279,31 +271,16 @@ impl Verifier {
 
     fn check(&self, token: &str, now: i64) -> Result<Arc<AccessClaims>, Refusal> {
         let inner = &*self.inner;
-        // The cache and this token's key in it, when the cache is on.
-        let slot = inner
-            .cache
-            .as_ref()
-            .map(|cache| (cache, self.key_of(token)));
-        let cached = slot
-            .and_then(|(cache, key)| cache.get(&key))
-            .filter(|claims| now < claims.exp.saturating_add(inner.rules.leeway_seconds()));
-        let claims = match cached {
-            Some(claims) => claims,
-            None => {
-                let keys = inner.keys.current();
-                let claims = Arc::new(inner.rules.check(token, now, |kid| keys.get(kid)).map_err(
-                    |rejection| match rejection {
-                        Rejection::UnknownKey => Refusal::UnknownKey,
-                        Rejection::Expired => Refusal::Verify(VerifyError::Expired),
-                        Rejection::Invalid => Refusal::Verify(VerifyError::Invalid),
-                    },
-                )?);
-                if let Some((cache, key)) = slot {
-                    cache.insert(key, Arc::clone(&claims));
-                }
-                claims
-            }
-        };
+        let claims = inner.cache.get_or_verify(token, now, || {
+            let keys = inner.keys.current();
+            inner.rules.check(token, now, |kid| keys.get(kid)).map_err(
+                |rejection| match rejection {
+                    Rejection::UnknownKey => Refusal::UnknownKey,
+                    Rejection::Expired => Refusal::Verify(VerifyError::Expired),
+                    Rejection::Invalid => Refusal::Verify(VerifyError::Invalid),
+                },
+            )
+        })?;
         if inner.revoked.contains(&claims.sid) {
             return Err(Refusal::Verify(VerifyError::Revoked));
         }
@@ -338,13 +315,6 @@ impl Verifier {
             }
             Err(status) => Err(VerifyError::Unavailable(status.message().to_owned())),
         }
-    }
-
-    fn key_of(&self, token: &str) -> u128 {
-        let (k0, k1) = self.inner.hash_key;
-        let mut hasher = SipHasher13::new_with_keys(k0, k1);
-        std::hash::Hasher::write(&mut hasher, token.as_bytes());
-        hasher.finish128().as_u128()
     }
 }
 
