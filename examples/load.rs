@@ -37,6 +37,12 @@ enum Mode {
     Sessions,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Client {
+    Tonic,
+    Raw,
+}
+
 #[derive(Debug, Parser)]
 // A later --in-flight or --connections wins, so scripts can override their defaults.
 #[command(args_override_self = true)]
@@ -72,6 +78,13 @@ struct Args {
     /// How many sessions `--mode sessions` opens.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
+    /// `tonic`: the generated client, messages encoded and decoded per call. `raw` (health
+    /// and validate only): HTTP/2 straight from `h2`, each request's bytes encoded once
+    /// before the run and the answer checked by its `grpc-status` alone, so that on a host
+    /// of two cores the load generator spends less per call than the server and the server,
+    /// not the load generator, sets the pace.
+    #[arg(long, value_enum, default_value = "tonic")]
+    client: Client,
     /// Print one line of progress (calls so far) this often; 0 turns it off.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     progress: Duration,
@@ -121,7 +134,12 @@ fn record(
 async fn main() {
     let args = Args::parse();
     let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
+    // The raw client makes its own connections.
+    let tonic_connections = match (args.client, args.mode) {
+        (Client::Raw, Mode::Health | Mode::Validate) => 0,
+        _ => args.connections.max(1),
+    };
+    for _ in 0..tonic_connections {
         let channel = Channel::from_shared(args.target.clone())
             .expect("a valid target URL")
             .connect()
@@ -147,7 +165,26 @@ async fn main() {
     let args = Arc::new(args);
 
     let mut workers = Vec::new();
-    for worker in 0..args.in_flight {
+    if args.client == Client::Raw {
+        let calls = raw::Calls::new(&args, &tokens);
+        let mut connections = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            connections.push(raw::connect(&args.target).await);
+        }
+        for worker in 0..args.in_flight {
+            let connection = connections[worker % connections.len()].clone();
+            let (calls, report) = (calls.clone(), Arc::clone(&report));
+            workers.push(tokio::spawn(raw::run_worker(
+                worker,
+                args.in_flight,
+                connection,
+                calls,
+                report,
+                deadline,
+            )));
+        }
+    }
+    for worker in (0..args.in_flight).filter(|_| args.client == Client::Tonic) {
         let channel = channels[worker % channels.len()].clone();
         let (args, report) = (Arc::clone(&args), Arc::clone(&report));
         let tokens = Arc::clone(&tokens);
@@ -352,5 +389,169 @@ fn print_report(report: &BTreeMap<&'static str, Stats>, elapsed: Duration, args:
             ms(0.999),
             stats.errors
         );
+    }
+    let calls: u64 = report.values().map(|s| s.latency_us.len()).sum();
+    if let Some(cpu) = own_cpu().filter(|_| calls > 0) {
+        // A load generator that spends a core of its own measures itself, not the server.
+        println!(
+            "load generator CPU per call: {:.2} µs",
+            cpu.as_secs_f64() * 1e6 / calls as f64
+        );
+    }
+}
+
+/// User plus system CPU this process has used so far (Linux `/proc`; `None` elsewhere).
+fn own_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: the fields counted here start after its ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let (user, system): (u64, u64) = (fields.next()?.parse().ok()?, fields.next()?.parse().ok()?);
+    // /proc counts in USER_HZ ticks, 100 a second on every Linux architecture Rust targets
+    // here (the kernel's ABI, whatever its internal HZ).
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+/// The raw HTTP/2 client of `--client raw`.
+mod raw {
+    use std::{sync::Arc, time::Instant};
+
+    use bytes::{BufMut as _, Bytes, BytesMut};
+    use prost::Message as _;
+    use tokio::net::TcpStream;
+
+    use super::{Args, Mode, Report, ValidateRequest, record};
+
+    /// Every call's request, encoded once: the path and the gRPC-framed messages.
+    #[derive(Clone)]
+    pub(crate) struct Calls {
+        call: &'static str,
+        uri: http::Uri,
+        bodies: Arc<Vec<Bytes>>,
+    }
+
+    impl Calls {
+        pub(crate) fn new(args: &Args, tokens: &[String]) -> Self {
+            let (call, path, bodies) = match args.mode {
+                Mode::Health => ("Health", "/grpc.health.v1.Health/Check", vec![frame(&[])]),
+                Mode::Validate if !tokens.is_empty() => (
+                    "Validate",
+                    "/auth.v1.AuthService/Validate",
+                    tokens
+                        .iter()
+                        .map(|token| {
+                            let request = ValidateRequest {
+                                access_token: token.clone(),
+                            };
+                            frame(&request.encode_to_vec())
+                        })
+                        .collect(),
+                ),
+                _ => panic!("--client raw drives --mode health, or validate with --tokens-file"),
+            };
+            let uri = format!("{}{path}", args.target.trim_end_matches('/'))
+                .parse()
+                .expect("a valid target URL");
+            Self {
+                call,
+                uri,
+                bodies: Arc::new(bodies),
+            }
+        }
+    }
+
+    /// A gRPC message frame: uncompressed, its length, the message.
+    fn frame(message: &[u8]) -> Bytes {
+        let mut framed = BytesMut::with_capacity(5 + message.len());
+        framed.put_u8(0);
+        framed.put_u32(u32::try_from(message.len()).expect("a small message"));
+        framed.put_slice(message);
+        framed.freeze()
+    }
+
+    pub(crate) async fn connect(target: &str) -> h2::client::SendRequest<Bytes> {
+        let uri: http::Uri = target.parse().expect("a valid target URL");
+        let address = format!(
+            "{}:{}",
+            uri.host().expect("a host"),
+            uri.port_u16().unwrap_or(80)
+        );
+        let tcp = TcpStream::connect(address).await.expect("authd answers");
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("connection ended: {e}");
+            }
+        });
+        send
+    }
+
+    /// One call in flight at a time, through every body in turn as the tonic client does.
+    pub(crate) async fn run_worker(
+        worker: usize,
+        in_flight: usize,
+        mut connection: h2::client::SendRequest<Bytes>,
+        calls: Calls,
+        report: Report,
+        deadline: Instant,
+    ) {
+        let mut turn = worker;
+        while Instant::now() < deadline {
+            let started = Instant::now();
+            let body = calls.bodies[turn % calls.bodies.len()].clone();
+            turn = turn.wrapping_add(in_flight);
+            let outcome = call(&mut connection, &calls.uri, body).await;
+            record(&report, calls.call, started, outcome);
+        }
+    }
+
+    async fn call(
+        connection: &mut h2::client::SendRequest<Bytes>,
+        uri: &http::Uri,
+        body: Bytes,
+    ) -> Result<(), tonic::Status> {
+        let failed = |e: h2::Error| tonic::Status::unavailable(e.to_string());
+        let request = http::Request::post(uri.clone())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a valid request");
+        std::future::poll_fn(|cx| connection.poll_ready(cx))
+            .await
+            .map_err(failed)?;
+        let (response, mut stream) = connection.send_request(request, false).map_err(failed)?;
+        stream.send_data(body, true).map_err(failed)?;
+        let response = response.await.map_err(failed)?;
+        // A failed call may answer in its headers alone (trailers-only).
+        if let Some(status) = response.headers().get("grpc-status") {
+            return grpc_status(status);
+        }
+        let mut body = response.into_body();
+        let mut received = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(failed)?;
+            received += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.map_err(failed)?;
+        match trailers.as_ref().and_then(|t| t.get("grpc-status")) {
+            Some(status) if received > 0 => grpc_status(status),
+            Some(status) => {
+                grpc_status(status).and(Err(tonic::Status::internal("an answer without a message")))
+            }
+            None => Err(tonic::Status::internal("no grpc-status")),
+        }
+    }
+
+    fn grpc_status(value: &http::HeaderValue) -> Result<(), tonic::Status> {
+        let code = value
+            .to_str()
+            .ok()
+            .and_then(|code| code.parse::<i32>().ok())
+            .unwrap_or(2);
+        match tonic::Code::from(code) {
+            tonic::Code::Ok => Ok(()),
+            code => Err(tonic::Status::new(code, "")),
+        }
     }
 }

@@ -23,6 +23,8 @@ phases=${*:-transport floor login busycore cleanup pgbench}
 runs=${BENCH_RUNS:-3}
 duration=${BENCH_DURATION:-10s}
 in_flight=${BENCH_IN_FLIGHT:-64}
+# The floor phase's client (examples/load.rs --client): raw spends less per call than a server.
+client=${BENCH_CLIENT:-raw}
 connections=${BENCH_CONNECTIONS:-4}
 
 # BENCH_BIN_DIR: binaries built before (authd, load, validate_floor), for A/B runs of two builds.
@@ -88,16 +90,16 @@ call_cpu() { # label, pid, address, mode: that call's load, with the server's CP
   echo "## $label"
   # Steady state: every token verified once (and cached) before the count starts, as in a
   # server that has been up for a while; connections warm on both servers alike.
-  "${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" \
+  "${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" --client "$client" \
     --tokens-file "$work/tokens" \
-    --duration 2s --connections "$connections" --in-flight "$in_flight" >/dev/null
+    --duration 1s --connections "$connections" --in-flight "$in_flight" >/dev/null
   before=$(cpu_ticks "$pid")
-  out=$("${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" \
+  out=$("${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" --client "$client" \
     --tokens-file "$work/tokens" \
     --duration "$duration" --connections "$connections" --in-flight "$in_flight" | tail -n +2)
   after=$(cpu_ticks "$pid")
   echo "$out"
-  calls=$(awk 'NR > 1 {print $2}' <<<"$out")
+  calls=$(awk '$1 == "Validate" || $1 == "Health" {print $2}' <<<"$out")
   echo "server CPU per call: $(awk "BEGIN {printf \"%.2f\", ($after - $before) * 1e6 / $ticks_per_second / $calls}") µs"
 }
 run() { # label, load arguments...
@@ -129,11 +131,21 @@ for phase in $phases; do
         --in-flight "$in_flight" --connections "$connections"
       stop
     fi
-    floor_address=127.0.0.1:50072
-    "${on_server_cpu[@]}" "$floor_bin" "$floor_address" &
-    floor=$!
-    until "$load_bin" --target "http://$floor_address" --mode health --duration 100ms \
-      --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
+    # Every server runs from the start, side by side (on SQLite each on its own copy of the
+    # database);
+    # each round then measures every one in turn, so that all see the same moments of this
+    # shared host, and the targets are judged on the median of the per-round ratios.
+    serve_floor() { "${on_server_cpu[@]}" "$floor_bin" "$1" & }
+    serve_authd() { # port offset, env...
+      local offset=$1 database=() file; shift
+      if [[ $backend == sqlite ]]; then # PostgreSQL: one database serves them all
+        for file in "$work"/authd.db*; do cp "$file" "$work/floor_$offset${file#"$work"/authd}"; done
+        database=(AUTH_DATABASE_URL="sqlite://$work/floor_$offset.db?mode=rwc")
+      fi
+      "${on_server_cpu[@]}" env AUTH_LISTEN="127.0.0.1:$((50080 + offset))" \
+        AUTH_HTTP_LISTEN="127.0.0.1:$((8180 + offset))" "${database[@]}" "$@" \
+        $authd serve 2>>"$work/authd.log" &
+    }
     # Tracing on but every call sampled out (the default parent-based sampler, with no caller
     # trace and a ratio of 0): no span is made, the endpoint is never dialled.
     sampled_out=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=parentbased_always_off)
@@ -144,23 +156,53 @@ for phase in $phases; do
     sink=$!
     collector_up=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4319 OTEL_TRACES_SAMPLER=always_on)
     collector_down=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 OTEL_TRACES_SAMPLER=always_on)
-    for i in $(seq "$runs"); do
-      start
-      call_cpu "health run $i" "$server" "$AUTH_LISTEN" health
-      call_cpu "authd validate, tracing off, run $i" "$server" "$AUTH_LISTEN" validate
-      stop
-      call_cpu "floor validate run $i" "$floor" "$floor_address" validate
-      start "${sampled_out[@]}"
-      call_cpu "authd validate, tracing sampled out, run $i" "$server" "$AUTH_LISTEN" validate
-      stop
-      start "${collector_up[@]}"
-      call_cpu "authd validate, every call traced, collector up, run $i" "$server" "$AUTH_LISTEN" validate
-      stop
-      start "${collector_down[@]}"
-      call_cpu "authd validate, every call traced, collector down, run $i" "$server" "$AUTH_LISTEN" validate
-      stop
+    serve_floor 127.0.0.1:50072; floor=$!
+    serve_authd 1; off=$!
+    serve_authd 2 "${sampled_out[@]}"; sampled=$!
+    serve_authd 3 "${collector_up[@]}"; traced_up=$!
+    serve_authd 4 "${collector_down[@]}"; traced_down=$!
+    servers=("health $off 127.0.0.1:50081 health" "floor $floor 127.0.0.1:50072 validate"
+      "off $off 127.0.0.1:50081 validate" "sampled_out $sampled 127.0.0.1:50082 validate"
+      "traced_collector_up $traced_up 127.0.0.1:50083 validate"
+      "traced_collector_down $traced_down 127.0.0.1:50084 validate")
+    for address in 127.0.0.1:50072 127.0.0.1:5008{1,2,3,4}; do
+      until "$load_bin" --target "http://$address" --mode health --duration 100ms \
+        --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
     done
-    kill "$floor" "$sink"; wait "$floor" "$sink" 2>/dev/null || true ;;
+    for i in $(seq "$runs"); do
+      for server in "${servers[@]}"; do
+        read -r label pid address mode <<<"$server"
+        call_cpu "$label, run $i" "$pid" "$address" "$mode" | tee -a "$work/floor.log"
+      done
+    done
+    echo "## per run: throughput and server CPU per call against the floor and the health check"
+    awk -v runs="$runs" '
+      /^## / { label = $2; sub(/,$/, "", label); run = $4 }
+      $1 == "Validate" || $1 == "Health" { rate[label, run] = $3 }
+      /^server CPU per call/ { cpu[label, run] = $5 }
+      function median(values, n,   i, j, t) {
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+          if (values[j] < values[i]) { t = values[i]; values[i] = values[j]; values[j] = t }
+        return n % 2 ? values[(n + 1) / 2] : (values[n / 2] + values[n / 2 + 1]) / 2
+      }
+      END {
+        split("off sampled_out traced_collector_up traced_collector_down", names, " ")
+        for (k = 1; k <= 4; k++) {
+          name = names[k]; line = ""
+          for (r = 1; r <= runs; r++) {
+            a[r] = rate[name, r] / rate["floor", r]; c[r] = cpu[name, r] / cpu["floor", r]
+            h[r] = rate[name, r] / rate["health", r]
+            line = line sprintf(" %.2f/%.2f/%.2f", a[r], c[r], h[r])
+          }
+          printf "%s: throughput / floor, CPU / floor, throughput / health:%s\n", name, line
+          printf "%s medians: throughput %.2f of the floor, CPU %.2f of the floor, throughput %.2f of health\n",
+            name, median(a, runs), median(c, runs), median(h, runs)
+        }
+        for (r = 1; r <= runs; r++) f[r] = rate["floor", r] / rate["health", r]
+        printf "floor median: throughput %.2f of health\n", median(f, runs)
+      }' "$work/floor.log"
+    kill "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$sink"
+    wait "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$sink" 2>/dev/null || true ;;
   login)
     [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
     add_users login@example.com
