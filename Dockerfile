@@ -10,8 +10,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin authd \
- && cp target/release/authd /authd
+    cargo build --profile production --locked --bin authd \
+ && cp target/production/authd /authd
 
 # glibc and libgcc, CA certificates, and a "nonroot" user (65532) with a writable home.
 FROM gcr.io/distroless/cc-debian12:nonroot
