@@ -283,8 +283,6 @@ fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// A UUID in its hyphenated lower-case form, without the formatting machinery of `to_string`
-/// (Validate's hot path).
 /// A count for a `uint32` response field.
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -298,6 +296,8 @@ fn parse_id(text: &str, field: &'static str) -> Result<uuid::Uuid, AuthError> {
     })
 }
 
+/// A UUID in its hyphenated lower-case form, without the formatting machinery of `to_string`
+/// (Validate's hot path).
 pub(super) fn uuid_text(id: uuid::Uuid) -> String {
     id.hyphenated()
         .encode_lower(&mut uuid::Uuid::encode_buffer())

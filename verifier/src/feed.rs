@@ -8,7 +8,7 @@ use std::{
         RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::proto::{
     WatchRevocationsRequest, WatchRevocationsResponse, auth_service_client::AuthServiceClient,
 };
+use crate::unix_now;
 
 /// The longest pause between two attempts to reach the feed.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -102,15 +103,6 @@ impl Revoked {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, forget_after| *forget_after > now);
     }
-}
-
-/// Now, in Unix seconds.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Follows the feed at `authd` into `revoked` until the task is dropped. A stream silent for

@@ -35,7 +35,7 @@
 
 mod rules;
 
-pub use rules::{ACCESS_TOKEN_TYPE, ALGORITHM, AccessClaims, Rejection, TokenRules};
+pub use rules::{ACCESS_TOKEN_TYPE, ALGORITHM, AccessClaims, Rejection, TokenRules, unix_now};
 
 #[cfg(feature = "cache")]
 mod cache;

@@ -1,7 +1,7 @@
 //! What makes an authd access token valid: one definition, applied by authd's own Validate and
 //! by every verifier, so the two cannot disagree.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -115,4 +115,14 @@ impl TokenRules {
 
 fn seconds(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Now, in Unix seconds: the clock the rules are checked against (0 before 1970, which no
+/// token can be valid at).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
 }

@@ -9,9 +9,10 @@ use tonic_types::StatusExt as _;
 
 use crate::{
     AccessClaims, Rejection, TokenRules, VerifiedTokens,
-    feed::{self, Revoked, unix_now},
+    feed::{self, Revoked},
     keys::KeyRing,
     proto::{ValidateRequest, auth_service_client::AuthServiceClient},
+    unix_now,
 };
 
 /// What to do while the revocation feed is stale.

@@ -144,7 +144,7 @@ impl TokenKeys {
 
     /// Checks the token by [`TokenRules`] against the known keys (by `kid`), now.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
-        let now = chrono::Utc::now().timestamp();
+        let now = authd_verifier::unix_now();
         self.rules
             .check(token, now, |kid| self.decoding.get(kid))
             .map_err(|rejection| match rejection {
