@@ -92,7 +92,7 @@ call_cpu() { # label, pid, address, mode: that call's load, with the server's CP
   # server that has been up for a while; connections warm on both servers alike.
   "${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" --client "$client" \
     --tokens-file "$work/tokens" \
-    --duration 1s --connections "$connections" --in-flight "$in_flight" >/dev/null
+    --duration 2s --connections "$connections" --in-flight "$in_flight" >/dev/null
   before=$(cpu_ticks "$pid")
   out=$("${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" --client "$client" \
     --tokens-file "$work/tokens" \
