@@ -193,6 +193,17 @@ mod tests {
     }
 
     #[test]
+    fn the_table_hash_of_a_key_is_its_low_half() {
+        let key = TokenKey(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+        assert_eq!(KeyIsItsOwnHash.hash_one(key), 0xfedc_ba98_7654_3210);
+        // Anything else still spreads: order and content both count.
+        assert_ne!(
+            KeyIsItsOwnHash.hash_one([1_u8, 2]),
+            KeyIsItsOwnHash.hash_one([2_u8, 1])
+        );
+    }
+
+    #[test]
     fn a_zero_capacity_verifies_every_time() {
         let cache = VerifiedTokens::new(0, 0);
         let verifications = Cell::new(0);
