@@ -63,7 +63,7 @@ fn access_tokens(c: &mut Criterion) {
         })
     });
     // A token seen before: its keyed hash, a cache lookup, then the revocation lookup.
-    let verified = VerifiedTokens::new(50_000, 0);
+    let verified = VerifiedTokens::new(50_000, keys.rules());
     c.bench_function("access_token/cached_verify_and_revocation_lookup", |b| {
         b.iter(|| {
             let claims = verified

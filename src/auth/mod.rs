@@ -132,16 +132,14 @@ impl Authenticator {
         hasher: PasswordHasher,
         revoked: Arc<RevokedSessions>,
     ) -> Self {
+        let verified = VerifiedTokens::new(sessions.validate_cache_size, keys.access.rules());
         Self {
             store,
             hasher,
             keys: keys.access,
             refresh_key: keys.refresh,
             grace: keys.reuse_grace,
-            verified: VerifiedTokens::new(
-                sessions.validate_cache_size,
-                i64::try_from(sessions.jwt_leeway.as_secs()).unwrap_or(i64::MAX),
-            ),
+            verified,
             revoked,
             access_token_ttl: sessions.access_token_ttl,
             account_backoff: login.account_backoff,

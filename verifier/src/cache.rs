@@ -11,7 +11,7 @@ use std::{
 use quick_cache::{UnitWeighter, sync::Cache};
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
-use crate::AccessClaims;
+use crate::{AccessClaims, TokenRules};
 
 /// Verified tokens by a 128-bit keyed hash (SipHash-1-3, as Rust's own hash tables use) of
 /// the whole token: any change to header, claims or signature is a different key, so a forged
@@ -24,8 +24,8 @@ pub struct VerifiedTokens {
     cache: Option<Cache<TokenKey, Arc<AccessClaims>, UnitWeighter, KeyIsItsOwnHash>>,
     /// The SipHash key.
     key: (u64, u64),
-    /// A cached token is served no longer than a fresh verification would accept it: until
-    /// its `exp` plus this many seconds.
+    /// The rules' leeway: a cached token is served no longer than a fresh verification would
+    /// accept it, until its `exp` plus this many seconds.
     leeway_seconds: i64,
 }
 
@@ -34,9 +34,9 @@ pub struct VerifiedTokens {
 struct TokenKey(u128);
 
 impl VerifiedTokens {
-    /// A cache of at most `capacity` tokens (0: no caching), each served until its `exp` plus
-    /// `leeway_seconds`.
-    pub fn new(capacity: usize, leeway_seconds: i64) -> Self {
+    /// A cache of at most `capacity` tokens (0: no caching), each served no longer than
+    /// `rules` would accept it: until its `exp` plus their leeway.
+    pub fn new(capacity: usize, rules: &TokenRules) -> Self {
         // Two outputs of std's randomly keyed hasher: 128 secret bits, and nothing to fail.
         let random = RandomState::new();
         Self {
@@ -50,7 +50,7 @@ impl VerifiedTokens {
                 )
             }),
             key: (random.hash_one(0_u8), random.hash_one(1_u8)),
-            leeway_seconds,
+            leeway_seconds: rules.leeway_seconds(),
         }
     }
 
@@ -123,7 +123,7 @@ impl Hasher for LowBits {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
+    use std::{cell::Cell, time::Duration};
 
     use uuid::Uuid;
 
@@ -149,6 +149,16 @@ mod tests {
         }
     }
 
+    /// Rules with `leeway` seconds of leeway.
+    fn rules(leeway: u64) -> TokenRules {
+        TokenRules::new(
+            "authd",
+            "internal-services",
+            Duration::from_secs(900),
+            Duration::from_secs(leeway),
+        )
+    }
+
     /// A successful verification.
     fn verified(exp: i64) -> Result<AccessClaims, Refused> {
         Ok(claims(exp))
@@ -156,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_token_is_verified_once_until_it_expires() {
-        let cache = VerifiedTokens::new(10, 5);
+        let cache = VerifiedTokens::new(10, &rules(5));
         let verifications = Cell::new(0);
         let verify = || {
             verifications.set(verifications.get() + 1);
@@ -172,7 +182,7 @@ mod tests {
 
     #[test]
     fn failures_and_other_tokens_are_not_served_from_the_cache() {
-        let cache = VerifiedTokens::new(10, 0);
+        let cache = VerifiedTokens::new(10, &rules(0));
         cache.get_or_verify("token", 0, || verified(1_000)).unwrap();
         let forged = cache.get_or_verify("token.", 0, || Err(Refused::Invalid));
         assert!(matches!(forged, Err(Refused::Invalid)));
@@ -182,7 +192,10 @@ mod tests {
 
     #[test]
     fn two_caches_key_the_same_token_differently() {
-        let (one, two) = (VerifiedTokens::new(1, 0), VerifiedTokens::new(1, 0));
+        let (one, two) = (
+            VerifiedTokens::new(1, &rules(0)),
+            VerifiedTokens::new(1, &rules(0)),
+        );
         assert_eq!(one.key_of("token"), one.key_of("token"));
         assert_ne!(one.key_of("token"), one.key_of("token."));
         assert_ne!(
@@ -205,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_zero_capacity_verifies_every_time() {
-        let cache = VerifiedTokens::new(0, 0);
+        let cache = VerifiedTokens::new(0, &rules(0));
         let verifications = Cell::new(0);
         for _ in 0..3 {
             cache

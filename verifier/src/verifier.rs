@@ -209,7 +209,7 @@ impl Verifier {
             settings.max_lifetime,
             settings.leeway,
         );
-        let cache = VerifiedTokens::new(settings.cache_size, rules.leeway_seconds());
+        let cache = VerifiedTokens::new(settings.cache_size, &rules);
         Self {
             inner: Arc::new(Inner {
                 rules,

@@ -142,6 +142,11 @@ impl TokenKeys {
         Ok(token)
     }
 
+    /// The rules tokens are checked by.
+    pub fn rules(&self) -> &TokenRules {
+        &self.rules
+    }
+
     /// Checks the token by [`TokenRules`] against the known keys (by `kid`), now.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let now = authd_verifier::unix_now();
