@@ -183,14 +183,15 @@ async fn main() {
                 deadline,
             )));
         }
-    }
-    for worker in (0..args.in_flight).filter(|_| args.client == Client::Tonic) {
-        let channel = channels[worker % channels.len()].clone();
-        let (args, report) = (Arc::clone(&args), Arc::clone(&report));
-        let tokens = Arc::clone(&tokens);
-        workers.push(tokio::spawn(run_worker(
-            worker, channel, args, tokens, report, deadline,
-        )));
+    } else {
+        for worker in 0..args.in_flight {
+            let channel = channels[worker % channels.len()].clone();
+            let (args, report) = (Arc::clone(&args), Arc::clone(&report));
+            let tokens = Arc::clone(&tokens);
+            workers.push(tokio::spawn(run_worker(
+                worker, channel, args, tokens, report, deadline,
+            )));
+        }
     }
     if !args.progress.is_zero() {
         let report = Arc::clone(&report);

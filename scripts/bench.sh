@@ -132,9 +132,8 @@ for phase in $phases; do
       stop
     fi
     # Every server runs from the start, side by side (on SQLite each on its own copy of the
-    # database);
-    # each round then measures every one in turn, so that all see the same moments of this
-    # shared host, and the targets are judged on the median of the per-round ratios.
+    # database); each round then measures every one in turn, so that all see the same moments
+    # of this shared host, and the targets are judged on the median of the per-round ratios.
     serve_floor() { "${on_server_cpu[@]}" "$floor_bin" "$1" & }
     serve_authd() { # port offset, env...
       local offset=$1 database=() file; shift
