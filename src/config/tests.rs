@@ -72,6 +72,30 @@ fn numbers_out_of_range_are_refused() {
 }
 
 #[test]
+fn keepalive_settings_are_whole_seconds_within_the_kernels_bounds() {
+    let c = config(&[]).unwrap();
+    let limits = c.transport.grpc_connection;
+    assert_eq!(limits.keepalive_interval, Duration::from_secs(30));
+    assert_eq!(limits.keepalive_timeout, Duration::from_secs(10));
+    let c = config(&[
+        ("AUTH_GRPC_KEEPALIVE_INTERVAL", "1500ms"),
+        ("AUTH_GRPC_KEEPALIVE_TIMEOUT", "9h 6m 7s"),
+    ])
+    .unwrap();
+    let limits = c.transport.grpc_connection;
+    assert_eq!(limits.keepalive_interval, Duration::from_secs(2));
+    assert_eq!(limits.keepalive_timeout, Duration::from_secs(32_767));
+    for (name, value) in [
+        ("AUTH_GRPC_KEEPALIVE_INTERVAL", "0s"),
+        ("AUTH_GRPC_KEEPALIVE_INTERVAL", "32768s"),
+        ("AUTH_GRPC_KEEPALIVE_TIMEOUT", "1d"),
+    ] {
+        let e = config(&[(name, value)]).unwrap_err();
+        assert_eq!(e.variable, name, "{value}");
+    }
+}
+
+#[test]
 fn unknown_database_schemes_are_refused() {
     let e = config(&[("AUTH_DATABASE_URL", "mysql://x")]).unwrap_err();
     assert_eq!(e.variable, "AUTH_DATABASE_URL");

@@ -72,17 +72,40 @@ pub struct ClientAddressRule {
 }
 
 /// What one gRPC connection may hold. Without a stream limit hyper accepts every stream a
-/// peer opens (each costs memory until the peer ends it); keepalive pings find the peers that
+/// peer opens (each costs memory until the peer ends it); TCP keepalive finds the peers that
 /// vanished without closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrpcConnectionLimits {
     /// `AUTH_GRPC_MAX_CONCURRENT_STREAMS`: calls open at once on one connection, advertised
     /// in SETTINGS; a stream beyond it is refused (RST_STREAM REFUSED_STREAM).
     pub max_concurrent_streams: u32,
-    /// `AUTH_GRPC_KEEPALIVE_INTERVAL`: how often an HTTP/2 PING goes to each peer.
+    /// `AUTH_GRPC_KEEPALIVE_INTERVAL`: how long a connection may be silent before the kernel
+    /// probes its peer. Whole seconds (rounded up), at most 32,767.
     pub keepalive_interval: Duration,
-    /// `AUTH_GRPC_KEEPALIVE_TIMEOUT`: a peer that has not answered a PING by then is closed.
+    /// `AUTH_GRPC_KEEPALIVE_TIMEOUT`: a connection whose peer has not acknowledged a probe,
+    /// or data sent to it, within this is closed. Whole seconds (rounded up), at most
+    /// 32,767.
     pub keepalive_timeout: Duration,
+}
+
+/// The longest keepalive setting: Linux takes whole seconds up to 32,767 for both.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(32_767);
+
+/// A TCP keepalive duration, rounded up to the whole seconds the kernel counts in.
+fn keepalive_seconds(
+    vars: &Vars,
+    name: &'static str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let value = vars.duration(name, default)?;
+    let seconds = Duration::from_secs(value.as_secs() + u64::from(value.subsec_nanos() > 0));
+    if seconds > MAX_KEEPALIVE {
+        return Err(error(
+            name,
+            "must be at most 32767s (9h 6m 7s), the kernel's bound",
+        ));
+    }
+    Ok(seconds)
 }
 
 impl TransportSettings {
@@ -103,8 +126,8 @@ impl TransportSettings {
                     100,
                     1..=10_000,
                 )?,
-                keepalive_interval: vars.duration("AUTH_GRPC_KEEPALIVE_INTERVAL", "30s")?,
-                keepalive_timeout: vars.duration("AUTH_GRPC_KEEPALIVE_TIMEOUT", "10s")?,
+                keepalive_interval: keepalive_seconds(vars, "AUTH_GRPC_KEEPALIVE_INTERVAL", "30s")?,
+                keepalive_timeout: keepalive_seconds(vars, "AUTH_GRPC_KEEPALIVE_TIMEOUT", "10s")?,
             },
             max_connections: vars.number("AUTH_MAX_CONNECTIONS", 4096, 1..=1_000_000)?,
             handshake_timeout: vars.duration("AUTH_HANDSHAKE_TIMEOUT", "10s")?,

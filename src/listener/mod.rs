@@ -7,8 +7,9 @@
 //! or an HTTP/1 request head up to its empty line, so a peer that connects and says nothing,
 //! or trickles a request line, cannot hold a slot. A connection with no call in flight for
 //! the idle timeout is closed: calls are counted by [`TrackCallsLayer`] through the
-//! [`ConnectionInfo`] each request carries. A failed `accept` (EMFILE, ENFILE) is
-//! retried after a growing pause instead of at once.
+//! [`ConnectionInfo`] each request carries. A peer that vanished without closing is found by
+//! the kernel's TCP keepalive where the listener asks for it ([`Keepalive`]). A failed
+//! `accept` (EMFILE, ENFILE) is retried after a growing pause instead of at once.
 
 mod calls;
 mod stream;
@@ -16,7 +17,7 @@ mod stream;
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::{Semaphore, mpsc},
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,6 +39,38 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     /// How long a connection may stay open with no call in flight.
     pub idle_timeout: Duration,
+    /// Dead-peer detection on each connection, if any.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// Dead-peer detection by the kernel: TCP keepalive probes once a connection has been silent
+/// for `idle`, and the connection closed once a probe, or data sent, has gone unacknowledged
+/// for `timeout` (`TCP_USER_TIMEOUT`, paired with keepalive as gRPC's own implementations
+/// do). HTTP/2 PINGs would find the same peers, but hyper's keep-alive reads the clock and
+/// takes a lock on every frame of every call; the kernel's probes cost a call nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe; whole seconds, 1 to 32,767 (the kernel's bounds).
+    pub idle: Duration,
+    /// How long a probe or sent data may go unacknowledged; whole seconds, 1 to 32,767.
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        let socket = socket2::SockRef::from(stream);
+        // One probe, answered within the timeout, or the connection is closed.
+        socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(self.idle)
+                .with_interval(self.timeout)
+                .with_retries(1),
+        )?;
+        // Also bounds data left unacknowledged, which keepalive alone never probes.
+        #[cfg(target_os = "linux")]
+        socket.set_tcp_user_timeout(Some(self.timeout))?;
+        Ok(())
+    }
 }
 
 /// A listener that admits at most [`ConnectionLimits::max_connections`] at once.
@@ -47,6 +80,7 @@ pub struct BoundedListener {
     slots: Arc<Semaphore>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
+    keepalive: Option<Keepalive>,
 }
 
 impl BoundedListener {
@@ -57,6 +91,7 @@ impl BoundedListener {
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             handshake_timeout: limits.handshake_timeout,
             idle_timeout: limits.idle_timeout,
+            keepalive: limits.keepalive,
         }
     }
 
@@ -76,6 +111,12 @@ impl BoundedListener {
                     // sets it too; connections to tonic come from here instead.)
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "TCP_NODELAY refused; connection dropped");
+                        continue;
+                    }
+                    if let Some(keepalive) = &self.keepalive
+                        && let Err(error) = keepalive.apply(&stream)
+                    {
+                        tracing::debug!(%error, "TCP keepalive refused; connection dropped");
                         continue;
                     }
                     return BoundedStream::new(
@@ -145,4 +186,38 @@ fn is_connection_error(error: &io::Error) -> bool {
 /// Raises this process's descriptor limit to its hard limit; returns the limit now in force.
 pub fn raise_descriptor_limit() -> io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_carry_the_keepalive_asked_for() {
+        let keepalive = Keepalive {
+            idle: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        };
+        let limits = |keepalive| ConnectionLimits {
+            max_connections: 4,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            keepalive,
+        };
+        for keepalive in [Some(keepalive), None] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let listener = BoundedListener::new(listener, limits(keepalive));
+            let _client = TcpStream::connect(address).await.unwrap();
+            let accepted = listener.next().await;
+            let socket = socket2::SockRef::from(&accepted.stream);
+            assert_eq!(socket.keepalive().unwrap(), keepalive.is_some());
+            let Some(keepalive) = keepalive else { continue };
+            assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);
+            assert_eq!(socket.tcp_keepalive_interval().unwrap(), keepalive.timeout);
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), 1);
+            assert_eq!(socket.tcp_user_timeout().unwrap(), Some(keepalive.timeout));
+        }
+    }
 }

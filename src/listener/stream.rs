@@ -30,7 +30,7 @@ const LONGEST_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 365 * 24 * 3600)
 /// idle timeout.
 #[derive(Debug)]
 pub struct BoundedStream {
-    stream: TcpStream,
+    pub(super) stream: TcpStream,
     peer: SocketAddr,
     _slot: OwnedSemaphorePermit,
     opening: Option<Opening>,

@@ -191,7 +191,8 @@ impl Application {
             let _ = draining_tx.send(());
             let _ = stop_http.send(());
         };
-        let serve = grpc.serve(&config.transport, health_service, connection_limits, signal)?;
+        let grpc_limits = transport::grpc_connection_limits(&config.transport, connection_limits);
+        let serve = grpc.serve(&config.transport, health_service, grpc_limits, signal)?;
         tracing::info!(%address, %http_address, "listening");
         let grace = config.transport.shutdown_grace;
         tokio::select! {

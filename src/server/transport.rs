@@ -5,7 +5,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::{
     config::{TlsFiles, TransportSettings},
-    listener::ConnectionLimits,
+    listener::{ConnectionLimits, Keepalive},
     proto,
 };
 
@@ -46,8 +46,6 @@ pub(super) fn grpc_server(
     let builder = Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         // tonic passes `None` for both unless told, and `None` turns hyper's defences off:
         // these are h2's and hyper's own defaults (RUSTSEC-2024-0003, rapid reset).
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
@@ -63,6 +61,21 @@ pub(super) fn grpc_server(
 /// Descriptors kept free of connections: standard streams, the database files and pool,
 /// key files, the runtime's own.
 const RESERVED_DESCRIPTORS: usize = 64;
+
+/// The gRPC listener's bounds: the HTTP listener's, with TCP keepalive (the HTTP port's calls
+/// are short, and its idle connections closed by the idle timeout).
+pub(super) fn grpc_connection_limits(
+    transport: &TransportSettings,
+    http_limits: ConnectionLimits,
+) -> ConnectionLimits {
+    ConnectionLimits {
+        keepalive: Some(Keepalive {
+            idle: transport.grpc_connection.keepalive_interval,
+            timeout: transport.grpc_connection.keepalive_timeout,
+        }),
+        ..http_limits
+    }
+}
 
 /// Each listener's bounds: `AUTH_MAX_CONNECTIONS`, or fewer when the descriptor limit (first
 /// raised to its hard limit) could not hold both listeners' connections beside the pool, so
@@ -97,6 +110,7 @@ pub(super) fn connection_limits(
         max_connections,
         handshake_timeout: transport.handshake_timeout,
         idle_timeout: transport.idle_timeout,
+        keepalive: None,
     }
 }
 
