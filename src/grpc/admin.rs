@@ -44,7 +44,7 @@ impl AdminGrpc {
         let credentials = AdminCredentials {
             bearer,
             certificate_names: certificate_names(request),
-            peer: request.remote_addr().map(|peer| peer.ip()),
+            peer: ConnectionInfo::peer_of(request.extensions()).map(|peer| peer.ip()),
         };
         self.access.authorize(&credentials)
     }

@@ -2,58 +2,83 @@
 //! that page scripts never see it.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures_util::future::Either;
-
+use http_body_util::Either;
 use tonic::{
     Request,
-    codegen::http::{self, HeaderName, HeaderValue, Method, header},
+    body::Body,
+    codegen::{
+        Bytes, StdError,
+        http::{self, HeaderName, HeaderValue, Method, header},
+    },
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
 };
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tonic_web::{GrpcWebLayer, GrpcWebService};
+use tower::Layer as _;
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use crate::config::CookieSettings;
 
 /// Request extension marking a call that arrived as gRPC-Web. tonic-web rewrites the content
-/// type before the service sees it, so [`mark_browser_calls`] records it first.
+/// type before the service sees it, so [`BrowserSplit`] records it first.
 #[derive(Debug, Clone, Copy)]
 pub struct BrowserCall;
-
-/// Tags gRPC-Web requests with [`BrowserCall`]; runs outside the gRPC-Web translation.
-pub fn mark_browser_calls<B>(mut request: http::Request<B>) -> http::Request<B> {
-    let grpc_web = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"));
-    if grpc_web {
-        request.extensions_mut().insert(BrowserCall);
-    }
-    request
-}
 
 /// Whether `request` came from a browser through gRPC-Web.
 pub fn is_browser_call<T>(request: &Request<T>) -> bool {
     request.extensions().get::<BrowserCall>().is_some()
 }
 
-/// CORS for gRPC-Web: only the listed origins, with credentials (the cookie), and the gRPC
-/// status headers readable by the page. An empty list allows no cross-origin call.
+/// What a request is, from its version and headers, looked at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Plain gRPC over HTTP/2 with no `Origin`: another service. Nothing to translate, no
+    /// CORS to answer.
+    Service,
+    /// gRPC-Web (HTTP/1.1 or HTTP/2), tagged with [`BrowserCall`].
+    BrowserGrpcWeb,
+    /// Anything else: a CORS preflight, plain gRPC with an `Origin`, a stray HTTP/1.1
+    /// request. CORS and tonic-web answer it as they would any request.
+    Other,
+}
+
+impl Caller {
+    fn of<B>(request: &http::Request<B>) -> Self {
+        let headers = request.headers();
+        let grpc_web = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"));
+        if grpc_web {
+            Self::BrowserGrpcWeb
+        } else if request.version() == http::Version::HTTP_2
+            && !headers.contains_key(header::ORIGIN)
+        {
+            Self::Service
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// The browser door: gRPC-Web translation (tonic-web) behind CORS for only the listed origins,
+/// with credentials (the cookie), and the gRPC status headers readable by the page. An empty
+/// list allows no cross-origin call.
 ///
-/// Only requests that name an `Origin` pass through it: browsers send one with every preflight
-/// and every POST, while service-to-service calls, which send none, would pay on every call
-/// for `Vary` headers nothing reads.
-pub fn cors(
-    origins: &[String],
-) -> Result<BrowsersOnly<CorsLayer>, http::header::InvalidHeaderValue> {
+/// Only requests from browsers, or that might be, pass through it: a service's plain gRPC call
+/// goes straight on, and pays on every call for neither a translation it does not need nor
+/// `Vary` headers nothing reads.
+pub fn browsers(origins: &[String]) -> Result<BrowserLayer, http::header::InvalidHeaderValue> {
     let origins = origins
         .iter()
         .map(|origin| HeaderValue::from_str(origin))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(CorsLayer::new()
+    let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_credentials(true)
         .allow_methods([Method::POST])
@@ -68,56 +93,109 @@ pub fn cors(
             HeaderName::from_static("grpc-message"),
             HeaderName::from_static("grpc-status-details-bin"),
         ])
-        .max_age(Duration::from_secs(24 * 3600)))
-    .map(|layer| BrowsersOnly(Arc::new(layer)))
+        .max_age(Duration::from_secs(24 * 3600));
+    Ok(BrowserLayer(Arc::new(cors)))
 }
 
-/// Applies the layer it holds to requests with an `Origin` header only (see [`cors`]).
+/// See [`browsers`].
 #[derive(Debug, Clone)]
-pub struct BrowsersOnly<L>(Arc<L>);
+pub struct BrowserLayer(Arc<CorsLayer>);
 
-impl<L, S> tower::Layer<S> for BrowsersOnly<L> {
-    type Service = OriginSplit<L, S>;
+impl<S> tower::Layer<S> for BrowserLayer {
+    type Service = BrowserSplit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        OriginSplit {
-            browsers: Arc::clone(&self.0),
+        BrowserSplit {
+            cors: Arc::clone(&self.0),
             inner,
         }
     }
 }
 
-/// Sends a request with an `Origin` through `browsers` (its layer is wrapped around `inner` for
-/// that request alone), any other straight to `inner`. The server clones its service stack for
-/// every call, and this clone costs a reference count, not a copy of the CORS rules.
+/// Sends a service's call straight to `inner`, and any other request through CORS and tonic-web
+/// around it (made for that request alone). The server clones its service stack for every
+/// call, and this clone costs a reference count, not a copy of the CORS rules.
 #[derive(Debug, Clone)]
-pub struct OriginSplit<L, S> {
-    browsers: Arc<L>,
+pub struct BrowserSplit<S> {
+    cors: Arc<CorsLayer>,
     inner: S,
 }
 
-impl<L, S, ReqBody> tower::Service<http::Request<ReqBody>> for OriginSplit<L, S>
+/// What a browser request goes through.
+type BrowserStack<S> = Cors<GrpcWebService<S>>;
+
+impl<S, ResBody> tower::Service<http::Request<Body>> for BrowserSplit<S>
 where
-    L: tower::Layer<S>,
-    L::Service: tower::Service<http::Request<ReqBody>, Response = S::Response, Error = S::Error>,
-    S: tower::Service<http::Request<ReqBody>> + Clone,
+    S: tower::Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<StdError> + std::fmt::Display,
 {
-    type Response = S::Response;
+    type Response = http::Response<Either<ResBody, Body>>;
     type Error = S::Error;
-    type Future = Either<<L::Service as tower::Service<http::Request<ReqBody>>>::Future, S::Future>;
+    type Future =
+        SplitFuture<S::Future, <BrowserStack<S> as tower::Service<http::Request<Body>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if request.headers().contains_key(header::ORIGIN) {
-            // The ready service goes into the CORS wrapper; a clone waits for the next call.
-            let clone = self.inner.clone();
-            let ready = std::mem::replace(&mut self.inner, clone);
-            Either::Left(self.browsers.layer(ready).call(request))
-        } else {
-            Either::Right(self.inner.call(request))
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let caller = Caller::of(&request);
+        if caller == Caller::Service {
+            return SplitFuture {
+                door: Door::Service {
+                    future: self.inner.call(request),
+                },
+            };
+        }
+        if caller == Caller::BrowserGrpcWeb {
+            request.extensions_mut().insert(BrowserCall);
+        }
+        // The ready service goes into the browser stack; a clone waits for the next call.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let mut browser = self.cors.layer(GrpcWebLayer::new().layer(ready));
+        SplitFuture {
+            door: Door::Browser {
+                future: browser.call(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of either door, its body as either kind.
+    #[derive(Debug)]
+    pub struct SplitFuture<S, B> {
+        #[pin]
+        door: Door<S, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = DoorProjection]
+    #[derive(Debug)]
+    enum Door<S, B> {
+        Service { #[pin] future: S },
+        Browser { #[pin] future: B },
+    }
+}
+
+impl<S, B, ResBody, E> Future for SplitFuture<S, B>
+where
+    S: Future<Output = Result<http::Response<ResBody>, E>>,
+    B: Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = Result<http::Response<Either<ResBody, Body>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().door.project() {
+            DoorProjection::Service { future } => future
+                .poll(cx)
+                .map_ok(|response| response.map(Either::Left)),
+            DoorProjection::Browser { future } => future
+                .poll(cx)
+                .map_ok(|response| response.map(Either::Right)),
         }
     }
 }
@@ -221,18 +299,31 @@ mod tests {
     }
 
     #[test]
-    fn only_grpc_web_requests_are_marked() {
-        let request = |content_type: &'static str| {
-            http::Request::builder()
-                .header(header::CONTENT_TYPE, content_type)
-                .body(())
-                .unwrap()
+    fn only_plain_grpc_over_http2_without_an_origin_skips_the_browser_door() {
+        let request = |version, content_type: &'static str, origin: Option<&'static str>| {
+            let mut builder = http::Request::builder()
+                .version(version)
+                .header(header::CONTENT_TYPE, content_type);
+            if let Some(origin) = origin {
+                builder = builder.header(header::ORIGIN, origin);
+            }
+            builder.body(()).unwrap()
         };
+        let h2 = http::Version::HTTP_2;
+        let h1 = http::Version::HTTP_11;
         for content_type in ["application/grpc-web+proto", "application/grpc-web-text"] {
-            let marked = mark_browser_calls(request(content_type));
-            assert!(marked.extensions().get::<BrowserCall>().is_some());
+            for version in [h1, h2] {
+                let caller = Caller::of(&request(version, content_type, None));
+                assert_eq!(caller, Caller::BrowserGrpcWeb, "{content_type} {version:?}");
+            }
         }
-        let native = mark_browser_calls(request("application/grpc"));
-        assert!(native.extensions().get::<BrowserCall>().is_none());
+        let plain = request(h2, "application/grpc", None);
+        assert_eq!(Caller::of(&plain), Caller::Service);
+        let with_origin = request(h2, "application/grpc", Some("https://app.example.com"));
+        assert_eq!(Caller::of(&with_origin), Caller::Other);
+        assert_eq!(
+            Caller::of(&request(h1, "application/grpc", None)),
+            Caller::Other
+        );
     }
 }

@@ -30,7 +30,7 @@ pub(super) fn watch(
     request: &tonic::Request<WatchRevocationsRequest>,
 ) -> Result<FeedStream, AuthError> {
     let resume_from = FeedPosition::parse(&request.get_ref().resume_from)?;
-    let peer = request.remote_addr().map(|address| address.ip());
+    let peer = ConnectionInfo::peer_of(request.extensions()).map(|address| address.ip());
     let connection = ConnectionInfo::of(request.extensions()).map(|info| Arc::clone(&info.calls));
     let mut subscription = feed.subscribe(peer, resume_from)?;
     let send_timeout = feed.send_timeout();

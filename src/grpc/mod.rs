@@ -12,7 +12,7 @@ mod status;
 
 use std::{future::Future, sync::Arc};
 
-use tonic::{Code, Request, Response, Status, codegen::http};
+use tonic::{Code, Request, Response, Status};
 
 use self::browser::{RefreshCookie, is_browser_call};
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
         RevocationFeed,
     },
     config::ClientAddressRule,
+    listener::ConnectionInfo,
     proto::{
         ChangePasswordRequest, ChangePasswordResponse, Client, ListMySessionsRequest,
         ListMySessionsResponse, LoginRequest, LoginResponse, LogoutRequest, LogoutResponse,
@@ -104,18 +105,15 @@ impl AuthGrpc {
             address,
             user_agent,
         } = stated.unwrap_or_default();
+        let peer = ConnectionInfo::peer_of(request.extensions());
         let address = match client_address::stated_address(&address)? {
             Some(address) => Some(address),
-            None => client_address::unstated_address(
-                self.client_address,
-                request.metadata(),
-                request.remote_addr(),
-            ),
+            None => client_address::unstated_address(self.client_address, request.metadata(), peer),
         };
         Ok(LoginClient {
             address,
             user_agent: client_address::user_agent(user_agent)?,
-            peer: request.remote_addr().map(|peer| peer.ip()),
+            peer: peer.map(|peer| peer.ip()),
         })
     }
 }
@@ -259,25 +257,6 @@ macro_rules! impl_from_issued_tokens {
     )+};
 }
 impl_from_issued_tokens!(LoginResponse, RefreshResponse);
-
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
-/// tonic refuses a request over its size limit with OUT_OF_RANGE before decoding it. authd's
-/// contract (and gRPC's status guide) says RESOURCE_EXHAUSTED: this rewrites that one answer.
-/// Nothing else in authd answers OUT_OF_RANGE.
-pub fn oversized_is_resource_exhausted(
-    response: http::Response<tonic::body::Body>,
-) -> http::Response<tonic::body::Body> {
-    let out_of_range = response
-        .headers()
-        .get(GRPC_STATUS)
-        .is_some_and(|code| code.as_bytes() == b"11");
-    if out_of_range {
-        status::request_too_large().into_http()
-    } else {
-        response
-    }
-}
 
 fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)

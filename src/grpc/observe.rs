@@ -1,10 +1,14 @@
 //! What every gRPC call leaves behind, whichever service answers it (AuthService, health,
-//! reflection): one log line, its count and latency in the metrics, and when tracing is on a
-//! server span that continues the caller's W3C `traceparent`.
+//! reflection): one log line, its count and latency in the metrics, when tracing is on a
+//! server span that continues the caller's W3C `traceparent`, and, for the idle timeout, its
+//! time in flight on its connection.
 //!
 //! The call's status is read where gRPC puts it: the response headers of a refusal
-//! (trailers-only), else the trailers at the end of the body. A body dropped before its
+//! (trailers-only), else the trailers at the end of the body. A call dropped before its
 //! trailers is a call the client cancelled.
+//!
+//! One layer does all of it, so that a call pays for one wrapper of its future and body and
+//! one reading of the clock at its end, not one of each per concern.
 
 use std::{
     future::Future,
@@ -16,12 +20,13 @@ use std::{
 
 use metrics::{Counter, Histogram};
 use prost::Message as _;
-use tonic::{Code, codegen::http};
+use tonic::{Code, body::Body, codegen::http};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     guarded_body::{FrameWatch, GuardedBody},
+    listener::{CallInFlight, ConnectionInfo},
     telemetry::{CallSampler, RPC_TARGET},
 };
 
@@ -117,8 +122,7 @@ impl Method {
     }
 
     /// Logs, counts and times one finished call, and closes its span with its status.
-    fn finish(&self, code: Code, started: Instant, span: &Span) {
-        let elapsed = started.elapsed();
+    fn finish(&self, code: Code, elapsed: std::time::Duration, span: &Span) {
         let (calls, latency) = self.by_code[code as usize].get_or_init(|| {
             crate::metrics::rpc_handles(Arc::clone(&self.service), Arc::clone(&self.name), code)
         });
@@ -161,11 +165,11 @@ pub struct Observe<S> {
     methods: Arc<Methods>,
 }
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Observe<S>
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Observe<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<Body>>,
 {
-    type Response = http::Response<ObservedBody<ResBody>>;
+    type Response = http::Response<ObservedBody>;
     type Error = S::Error;
     type Future = ObservedFuture<S::Future>;
 
@@ -175,6 +179,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
+        let in_flight = ConnectionInfo::begin_call(request.extensions());
         let method = self.methods.find(request.uri().path());
         let caller = self
             .methods
@@ -207,11 +212,12 @@ where
         };
         ObservedFuture {
             inner,
-            call: Some(Call {
+            call: PendingCall(Some(Call {
                 method: Arc::clone(method),
                 started,
                 span,
-            }),
+                in_flight,
+            })),
         }
     }
 }
@@ -222,11 +228,21 @@ struct Call {
     method: Arc<Method>,
     started: Instant,
     span: Span,
+    /// `None` for a request that came on no connection of ours (a test's, say).
+    in_flight: Option<CallInFlight>,
 }
 
 impl Call {
     fn finish(self, code: Code) {
-        self.method.finish(code, self.started, &self.span);
+        let now = Instant::now();
+        self.method.finish(
+            code,
+            now.saturating_duration_since(self.started),
+            &self.span,
+        );
+        if let Some(in_flight) = self.in_flight {
+            in_flight.end_at(now.into());
+        }
     }
 }
 
@@ -236,48 +252,43 @@ pin_project_lite::pin_project! {
     pub struct ObservedFuture<F> {
         #[pin]
         inner: F,
-        call: Option<Call>,
+        call: PendingCall,
     }
 }
 
-impl<F, B, E> Future for ObservedFuture<F>
+impl<F, E> Future for ObservedFuture<F>
 where
-    F: Future<Output = Result<http::Response<B>, E>>,
+    F: Future<Output = Result<http::Response<Body>, E>>,
 {
-    type Output = Result<http::Response<ObservedBody<B>>, E>;
+    type Output = Result<http::Response<ObservedBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let polled = match this.call {
+        let polled = match &this.call.0 {
             Some(call) if !call.span.is_none() => call.span.in_scope(|| this.inner.poll(cx)),
             _ => this.inner.poll(cx),
         };
-        let response = match std::task::ready!(polled) {
+        let mut response = match std::task::ready!(polled) {
             Ok(response) => response,
             Err(error) => {
-                if let Some(call) = this.call.take() {
-                    call.finish(Code::Internal);
-                }
+                this.call.finish(Code::Internal);
                 return Poll::Ready(Err(error));
             }
         };
-        let mut call = this.call.take();
+        let mut call = PendingCall(this.call.0.take());
         // A refusal carries its status in the headers, and no trailers follow.
-        if let Some(code) = grpc_status(response.headers())
-            && let Some(call) = call.take()
-        {
+        if let Some(code) = refusal_status(&mut response) {
             call.finish(code);
         }
-        Poll::Ready(Ok(
-            response.map(|inner| GuardedBody::new(inner, PendingCall(call)))
-        ))
+        Poll::Ready(Ok(response.map(|inner| GuardedBody::new(inner, call))))
     }
 }
 
 /// A response body; its call finishes at its trailers, or when it is dropped.
-pub type ObservedBody<B> = GuardedBody<B, PendingCall>;
+pub type ObservedBody = GuardedBody<Body, PendingCall>;
 
-/// A call whose status is not known yet; dropped unfinished, the client cancelled it.
+/// A call whose status is not known yet; dropped unfinished (its answer or its body), the
+/// client cancelled it.
 #[derive(Debug)]
 pub struct PendingCall(Option<Call>);
 
@@ -311,6 +322,24 @@ impl Drop for PendingCall {
 }
 
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The status of a refusal (a trailers-only answer), if `response` is one. tonic refuses a
+/// request over its size limit with OUT_OF_RANGE before decoding it; authd's contract (and
+/// gRPC's status guide) says RESOURCE_EXHAUSTED, so that one answer is replaced here, where
+/// every answer's status is read anyway. Nothing else in authd answers OUT_OF_RANGE.
+fn refusal_status(response: &mut http::Response<Body>) -> Option<Code> {
+    // An answer with a body carries its status in the trailers: no header to look up.
+    if !http_body::Body::is_end_stream(response.body()) {
+        return None;
+    }
+    match grpc_status(response.headers())? {
+        Code::OutOfRange => {
+            *response = super::status::request_too_large().into_http();
+            Some(Code::ResourceExhausted)
+        }
+        code => Some(code),
+    }
+}
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
     let value = headers.get(GRPC_STATUS)?;
@@ -356,5 +385,27 @@ mod tests {
         assert_eq!(grpc_status(&headers), Some(Code::Unauthenticated));
         headers.insert("grpc-status", http::HeaderValue::from_static("x"));
         assert_eq!(grpc_status(&headers), None);
+    }
+
+    #[test]
+    fn a_refusal_is_read_from_its_headers_and_an_oversized_request_is_resource_exhausted() {
+        let mut refused = tonic::Status::unauthenticated("no").into_http::<Body>();
+        assert_eq!(refusal_status(&mut refused), Some(Code::Unauthenticated));
+        let mut oversized = tonic::Status::out_of_range("too big").into_http::<Body>();
+        assert_eq!(
+            refusal_status(&mut oversized),
+            Some(Code::ResourceExhausted)
+        );
+        assert_eq!(
+            grpc_status(oversized.headers()),
+            Some(Code::ResourceExhausted)
+        );
+        // An answer with a body: its status comes in the trailers, whatever the headers say.
+        let body = http_body_util::Full::new(tonic::codegen::Bytes::from_static(b"answer"));
+        let mut answer = http::Response::new(Body::new(body));
+        answer
+            .headers_mut()
+            .insert(GRPC_STATUS, http::HeaderValue::from_static("11"));
+        assert_eq!(refusal_status(&mut answer), None);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -13,7 +14,6 @@ use std::{
 
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
-use tonic::transport::server::TcpConnectInfo;
 
 use crate::guarded_body::{FrameWatch, GuardedBody};
 
@@ -47,7 +47,14 @@ impl Calls {
     /// Counts a call as in flight until the returned guard is dropped.
     pub fn begin(self: &Arc<Self>) -> CallInFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        CallInFlight(Arc::clone(self))
+        CallInFlight(Some(Arc::clone(self)))
+    }
+
+    fn end(&self, at: Instant) {
+        let since_opened = u64::try_from(at.saturating_duration_since(self.opened).as_millis())
+            .unwrap_or(u64::MAX);
+        self.idle_since_ms.store(since_opened, Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Closes the connection, with every call on it: for a peer that stopped reading, whose
@@ -73,29 +80,37 @@ impl Calls {
 
 /// One call in flight on a connection; dropping it ends the call.
 #[derive(Debug)]
-pub struct CallInFlight(Arc<Calls>);
+pub struct CallInFlight(Option<Arc<Calls>>);
 
-impl Drop for CallInFlight {
-    fn drop(&mut self) {
-        let since_opened = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since_ms.store(since_opened, Ordering::SeqCst);
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+impl CallInFlight {
+    /// Ends the call at `now`, as its caller has just read the clock.
+    pub fn end_at(mut self, now: Instant) {
+        if let Some(calls) = self.0.take() {
+            calls.end(now);
+        }
     }
 }
 
-/// What each request on a connection carries about it: its addresses, and its call count.
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        if let Some(calls) = self.0.take() {
+            calls.end(Instant::now());
+        }
+    }
+}
+
+/// What each request on a connection carries about it: its peer, and its call count.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
-    /// The addresses, as tonic's own listener reports them.
-    pub tcp: TcpConnectInfo,
+    /// The peer's address.
+    pub peer: SocketAddr,
     /// The connection's calls in flight.
     pub calls: Arc<Calls>,
 }
 
 /// Counts each request as a call in flight on its connection until its response body has
-/// been sent (or dropped), for the idle timeout. Finds the connection in the request's
-/// extensions as tonic (plain or TLS) and axum put it there, and gives tonic's own
-/// [`TcpConnectInfo`] back, so `Request::remote_addr` keeps working.
+/// been sent (or dropped), for the idle timeout: the HTTP port's layer. (The gRPC port's calls
+/// are counted by the layer that observes them, which reads the clock at their end anyway.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TrackCallsLayer;
 
@@ -130,6 +145,18 @@ impl ConnectionInfo {
                     .map(|axum| &axum.0)
             })
     }
+
+    /// The address of the peer a request came from, on a connection of ours. (tonic's own
+    /// `Request::remote_addr` knows only the connections of tonic's listener.)
+    pub fn peer_of(extensions: &http::Extensions) -> Option<SocketAddr> {
+        Self::of(extensions).map(|info| info.peer)
+    }
+
+    /// Counts a request as a call in flight on the connection it came on, if it came on one
+    /// of ours.
+    pub fn begin_call(extensions: &http::Extensions) -> Option<CallInFlight> {
+        Self::of(extensions).map(|info| info.calls.begin())
+    }
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for TrackCalls<S>
@@ -144,13 +171,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let info = ConnectionInfo::of(request.extensions()).cloned();
-        let call = info.map(|info| {
-            let call = info.calls.begin();
-            request.extensions_mut().insert(info.tcp);
-            call
-        });
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let call = ConnectionInfo::begin_call(request.extensions());
         TrackedFuture {
             inner: self.inner.call(request),
             call,

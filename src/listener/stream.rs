@@ -15,7 +15,7 @@ use tokio::{
     sync::OwnedSemaphorePermit,
     time::{Instant, Sleep},
 };
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 use super::{BoundedListener, Calls, ConnectionInfo};
 
@@ -46,7 +46,6 @@ impl BoundedStream {
         handshake_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
-        let local = stream.local_addr().ok();
         Self {
             stream,
             peer,
@@ -54,10 +53,7 @@ impl BoundedStream {
             opening: Some(Opening::new(handshake_timeout)),
             idle: Idle::new(idle_timeout),
             info: ConnectionInfo {
-                tcp: TcpConnectInfo {
-                    local_addr: local,
-                    remote_addr: Some(peer),
-                },
+                peer,
                 calls: Arc::default(),
             },
         }

@@ -22,7 +22,7 @@ use crate::{
     cleanup,
     config::{Config, DatabaseSettings, TransportSettings},
     grpc::{
-        self, AuthGrpc,
+        AuthGrpc,
         admin::AdminGrpc,
         browser::{self, RefreshCookie},
         limits::InFlightLimit,
@@ -304,7 +304,8 @@ impl GrpcPort {
                 settings.call_timeout,
             )
         });
-        let cors = browser::cors(&settings.browser.cors_origins).context("AUTH_CORS_ORIGINS")?;
+        let browsers =
+            browser::browsers(&settings.browser.cors_origins).context("AUTH_CORS_ORIGINS")?;
         let observe = ObserveLayer::new(&transport::SERVED_DESCRIPTOR_SETS, self.call_sampler)
             .context("while reading the served services' descriptors")?;
         let reflection_v1 = transport::reflection()
@@ -313,21 +314,12 @@ impl GrpcPort {
         let reflection_v1alpha = transport::reflection()
             .build_v1alpha()
             .context("while building reflection v1alpha")?;
-        // Outermost first: every call counts against its connection's idle timeout, CORS
-        // answers preflights, browser calls are marked before tonic-web rewrites their content
-        // type, calls are observed in native gRPC (trailers as trailers) with the size-limit
-        // answer already fixed.
+        // Outermost first: browsers' requests go through CORS and tonic-web while services'
+        // calls go straight on; every call is then observed (and counted on its connection)
+        // in native gRPC, trailers as trailers.
         Ok(transport::grpc_server(settings, self.tls)?
-            .layer(TrackCallsLayer)
-            .layer(cors)
-            .layer(tower::util::MapRequestLayer::new(
-                browser::mark_browser_calls,
-            ))
-            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(browsers)
             .layer(observe)
-            .layer(tower::util::MapResponseLayer::new(
-                grpc::oversized_is_resource_exhausted,
-            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
