@@ -6,15 +6,15 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    time::Sleep,
-};
+use tokio::time::Sleep;
 use tonic::{body::Body, codegen::http, server::NamedService};
 
 use super::status::{call_timed_out, calls_shed};
@@ -25,7 +25,7 @@ use super::status::{call_timed_out, calls_shed};
 #[derive(Debug, Clone)]
 pub struct InFlightLimit<S> {
     inner: S,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     timeout: Duration,
 }
 
@@ -34,9 +34,43 @@ impl<S> InFlightLimit<S> {
     pub fn new(inner: S, max_calls: usize, timeout: Duration) -> Self {
         Self {
             inner,
-            permits: Arc::new(Semaphore::new(max_calls)),
+            slots: Arc::new(Slots {
+                taken: AtomicUsize::new(0),
+                max: max_calls,
+            }),
             timeout,
         }
+    }
+}
+
+/// The calls in flight against their cap. A call never waits for a slot, so a counter does
+/// what a semaphore would, without the lock a semaphore takes on every release for the
+/// waiters it never has here.
+#[derive(Debug)]
+struct Slots {
+    taken: AtomicUsize,
+    max: usize,
+}
+
+impl Slots {
+    /// A slot, if one is free.
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.max).then_some(taken + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(self)))
+    }
+}
+
+/// One call's slot, free again once dropped.
+#[derive(Debug)]
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -57,20 +91,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => LimitedCall {
+        match self.slots.try_take() {
+            Some(slot) => LimitedCall {
                 call: Some(self.inner.call(request)),
                 timeout: self.timeout,
                 timer: None,
-                _permit: Some(permit),
+                _slot: Some(slot),
             },
-            Err(_) => {
+            None => {
                 crate::metrics::call_shed();
                 LimitedCall {
                     call: None,
                     timeout: self.timeout,
                     timer: None,
-                    _permit: None,
+                    _slot: None,
                 }
             }
         }
@@ -88,7 +122,7 @@ pin_project_lite::pin_project! {
         call: Option<F>,
         timeout: Duration,
         timer: Option<Pin<Box<Sleep>>>,
-        _permit: Option<OwnedSemaphorePermit>,
+        _slot: Option<Slot>,
     }
 }
 
@@ -113,5 +147,25 @@ where
         std::task::ready!(timer.as_mut().poll(cx));
         crate::metrics::call_timed_out();
         Poll::Ready(Ok(call_timed_out().into_http()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_taken_up_to_the_cap_and_free_again_when_dropped() {
+        let slots = Arc::new(Slots {
+            taken: AtomicUsize::new(0),
+            max: 2,
+        });
+        let first = slots.try_take();
+        let second = slots.try_take();
+        assert!(first.is_some() && second.is_some());
+        assert!(slots.try_take().is_none(), "a third slot beyond the cap");
+        drop(first);
+        assert!(slots.try_take().is_some(), "a dropped slot was not given back");
+        assert_eq!(slots.taken.load(Ordering::Acquire), 1);
     }
 }
