@@ -165,7 +165,10 @@ mod tests {
         assert!(first.is_some() && second.is_some());
         assert!(slots.try_take().is_none(), "a third slot beyond the cap");
         drop(first);
-        assert!(slots.try_take().is_some(), "a dropped slot was not given back");
+        assert!(
+            slots.try_take().is_some(),
+            "a dropped slot was not given back"
+        );
         assert_eq!(slots.taken.load(Ordering::Acquire), 1);
     }
 }

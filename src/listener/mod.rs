@@ -6,8 +6,9 @@
 //! connection must send its whole opening within the handshake timeout: the HTTP/2 preface,
 //! or an HTTP/1 request head up to its empty line, so a peer that connects and says nothing,
 //! or trickles a request line, cannot hold a slot. A connection with no call in flight for
-//! the idle timeout is closed: calls are counted by [`TrackCallsLayer`] through the
-//! [`ConnectionInfo`] each request carries. A peer that vanished without closing is found by
+//! the idle timeout is closed: calls are counted through the [`ConnectionInfo`] each
+//! request carries, by [`TrackCallsLayer`] on the HTTP port and by the layer that observes
+//! each gRPC call. A peer that vanished without closing is found by
 //! the kernel's TCP keepalive where the listener asks for it ([`Keepalive`]). A failed
 //! `accept` (EMFILE, ENFILE) is retried after a growing pause instead of at once.
 
