@@ -24,6 +24,7 @@ use tonic::{Code, body::Body, codegen::http};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::status::{grpc_status, refusal_status};
 use crate::{
     guarded_body::{FrameWatch, GuardedBody},
     listener::{CallInFlight, ConnectionInfo},
@@ -321,35 +322,6 @@ impl Drop for PendingCall {
     }
 }
 
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
-/// The status of a refusal (a trailers-only answer), if `response` is one. tonic refuses a
-/// request over its size limit with OUT_OF_RANGE before decoding it; authd's contract (and
-/// gRPC's status guide) says RESOURCE_EXHAUSTED, so that one answer is replaced here, where
-/// every answer's status is read anyway. Nothing else in authd answers OUT_OF_RANGE.
-fn refusal_status(response: &mut http::Response<Body>) -> Option<Code> {
-    // An answer with a body carries its status in the trailers: no header to look up.
-    if !http_body::Body::is_end_stream(response.body()) {
-        return None;
-    }
-    match grpc_status(response.headers())? {
-        Code::OutOfRange => {
-            *response = super::status::request_too_large().into_http();
-            Some(Code::ResourceExhausted)
-        }
-        code => Some(code),
-    }
-}
-
-fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get(GRPC_STATUS)?;
-    let code = std::str::from_utf8(value.as_bytes())
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
-    Some(Code::from_i32(code))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -375,37 +347,5 @@ mod tests {
         assert_eq!(&*check.name, "Check");
         let unknown = layer.methods.find("/auth.v1.AuthService/Nope");
         assert_eq!((&*unknown.service, &*unknown.name), ("unknown", "unknown"));
-    }
-
-    #[test]
-    fn the_status_is_read_from_grpc_status() {
-        let mut headers = http::HeaderMap::new();
-        assert_eq!(grpc_status(&headers), None);
-        headers.insert("grpc-status", http::HeaderValue::from_static("16"));
-        assert_eq!(grpc_status(&headers), Some(Code::Unauthenticated));
-        headers.insert("grpc-status", http::HeaderValue::from_static("x"));
-        assert_eq!(grpc_status(&headers), None);
-    }
-
-    #[test]
-    fn a_refusal_is_read_from_its_headers_and_an_oversized_request_is_resource_exhausted() {
-        let mut refused = tonic::Status::unauthenticated("no").into_http::<Body>();
-        assert_eq!(refusal_status(&mut refused), Some(Code::Unauthenticated));
-        let mut oversized = tonic::Status::out_of_range("too big").into_http::<Body>();
-        assert_eq!(
-            refusal_status(&mut oversized),
-            Some(Code::ResourceExhausted)
-        );
-        assert_eq!(
-            grpc_status(oversized.headers()),
-            Some(Code::ResourceExhausted)
-        );
-        // An answer with a body: its status comes in the trailers, whatever the headers say.
-        let body = http_body_util::Full::new(tonic::codegen::Bytes::from_static(b"answer"));
-        let mut answer = http::Response::new(Body::new(body));
-        answer
-            .headers_mut()
-            .insert(GRPC_STATUS, http::HeaderValue::from_static("11"));
-        assert_eq!(refusal_status(&mut answer), None);
     }
 }
