@@ -181,6 +181,7 @@ on_both_backends!(
     idle_connections_are_closed_and_their_clients_reconnect,
     a_call_in_flight_keeps_its_connection_past_the_idle_timeout,
     calls_beyond_the_cap_are_refused_at_once_while_probes_answer,
+    an_abandoned_call_frees_its_slot_at_once,
 );
 
 const FRAME_HEADERS: u8 = 0x1;
@@ -620,6 +621,41 @@ async fn call_without_a_body(channel: Channel, method: &str) -> Status {
         .await
         .expect("the server answers a call without a body within 20 s")
         .expect_err("a call without a request cannot succeed")
+}
+
+/// With room for one call in flight, held by a call whose body never comes: its client giving
+/// up (RST_STREAM) frees the slot at once, not at the 60 s call timeout.
+async fn an_abandoned_call_frees_its_slot_at_once(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("AUTH_MAX_CALLS_IN_FLIGHT", "1"),
+            ("AUTH_CALL_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    let session = app.user_with_session("alice@example.com").await;
+    let channel = common::channel(app.addr).await;
+    let held = tokio::spawn(async move {
+        // A probe below may hold the slot just as this call arrives: try again.
+        loop {
+            let status = call_without_a_body(channel.clone(), "Login").await;
+            if status.code() != Code::ResourceExhausted {
+                return status;
+            }
+        }
+    });
+    common::eventually(Duration::from_secs(10), "the held call's slot", || async {
+        let refused = validate(&app.client, &session.access_token).await.err()?;
+        assert_status(&refused, Code::ResourceExhausted, "OVERLOADED");
+        Some(())
+    })
+    .await;
+    held.abort();
+    common::eventually(Duration::from_secs(10), "the slot given back", || async {
+        validate(&app.client, &session.access_token).await.ok()
+    })
+    .await;
 }
 
 /// With room for 2 calls in flight, held by two calls whose bodies never come: a third is
