@@ -623,6 +623,21 @@ async fn call_without_a_body(channel: Channel, method: &str) -> Status {
         .expect_err("a call without a request cannot succeed")
 }
 
+/// A Login whose body never comes, holding one of AuthService's slots for calls in flight
+/// until the call timeout; its final status. A probe may hold a slot just as it arrives: then
+/// it tries again, so that it ends up holding one.
+fn hold_a_slot(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<Status> {
+    tokio::spawn(async move {
+        let channel = common::channel(addr).await;
+        loop {
+            let status = call_without_a_body(channel.clone(), "Login").await;
+            if status.code() != Code::ResourceExhausted {
+                return status;
+            }
+        }
+    })
+}
+
 /// With room for one call in flight, held by a call whose body never comes: its client giving
 /// up (RST_STREAM) frees the slot at once, not at the 60 s call timeout.
 async fn an_abandoned_call_frees_its_slot_at_once(backend: Backend) {
@@ -635,16 +650,7 @@ async fn an_abandoned_call_frees_its_slot_at_once(backend: Backend) {
     )
     .await;
     let session = app.user_with_session("alice@example.com").await;
-    let channel = common::channel(app.addr).await;
-    let held = tokio::spawn(async move {
-        // A probe below may hold the slot just as this call arrives: try again.
-        loop {
-            let status = call_without_a_body(channel.clone(), "Login").await;
-            if status.code() != Code::ResourceExhausted {
-                return status;
-            }
-        }
-    });
+    let held = hold_a_slot(app.addr);
     common::eventually(Duration::from_secs(10), "the held call's slot", || async {
         let refused = validate(&app.client, &session.access_token).await.err()?;
         assert_status(&refused, Code::ResourceExhausted, "OVERLOADED");
@@ -672,22 +678,7 @@ async fn calls_beyond_the_cap_are_refused_at_once_while_probes_answer(backend: B
     )
     .await;
     let session = app.user_with_session("alice@example.com").await;
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let addr = app.addr;
-            tokio::spawn(async move {
-                let channel = common::channel(addr).await;
-                // A probe below may hold a slot just as this call arrives: try again, so
-                // that both slots end up held by these calls.
-                loop {
-                    let status = call_without_a_body(channel.clone(), "Login").await;
-                    if status.code() != Code::ResourceExhausted {
-                        return status;
-                    }
-                }
-            })
-        })
-        .collect();
+    let held: Vec<_> = (0..2).map(|_| hold_a_slot(app.addr)).collect();
 
     // Within the held calls' 6 s, however slowly their connections open on a busy machine.
     let refused = common::eventually(
