@@ -79,9 +79,7 @@ impl Keepalive {
 pub struct BoundedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
-    handshake_timeout: Duration,
-    idle_timeout: Duration,
-    keepalive: Option<Keepalive>,
+    limits: ConnectionLimits,
 }
 
 impl BoundedListener {
@@ -90,9 +88,7 @@ impl BoundedListener {
         Self {
             listener,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-            handshake_timeout: limits.handshake_timeout,
-            idle_timeout: limits.idle_timeout,
-            keepalive: limits.keepalive,
+            limits,
         }
     }
 
@@ -114,7 +110,7 @@ impl BoundedListener {
                         tracing::debug!(%error, "TCP_NODELAY refused; connection dropped");
                         continue;
                     }
-                    if let Some(keepalive) = &self.keepalive
+                    if let Some(keepalive) = &self.limits.keepalive
                         && let Err(error) = keepalive.apply(&stream)
                     {
                         tracing::debug!(%error, "TCP keepalive refused; connection dropped");
@@ -124,8 +120,8 @@ impl BoundedListener {
                         stream,
                         peer,
                         slot,
-                        self.handshake_timeout,
-                        self.idle_timeout,
+                        self.limits.handshake_timeout,
+                        self.limits.idle_timeout,
                     );
                 }
                 // The peer gave up before it was accepted: nothing to wait for.
