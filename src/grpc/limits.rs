@@ -34,10 +34,7 @@ impl<S> InFlightLimit<S> {
     pub fn new(inner: S, max_calls: usize, timeout: Duration) -> Self {
         Self {
             inner,
-            slots: Arc::new(Slots {
-                taken: AtomicUsize::new(0),
-                max: max_calls,
-            }),
+            slots: Arc::new(Slots::new(max_calls)),
             timeout,
         }
     }
@@ -53,6 +50,13 @@ struct Slots {
 }
 
 impl Slots {
+    fn new(max: usize) -> Self {
+        Self {
+            taken: AtomicUsize::new(0),
+            max,
+        }
+    }
+
     /// A slot, if one is free.
     fn try_take(self: &Arc<Self>) -> Option<Slot> {
         self.taken
@@ -156,10 +160,7 @@ mod tests {
 
     #[test]
     fn slots_are_taken_up_to_the_cap_and_free_again_when_dropped() {
-        let slots = Arc::new(Slots {
-            taken: AtomicUsize::new(0),
-            max: 2,
-        });
+        let slots = Arc::new(Slots::new(2));
         let first = slots.try_take();
         let second = slots.try_take();
         assert!(first.is_some() && second.is_some());
