@@ -43,7 +43,7 @@ pub fn router(jwks: JwkSet, metrics: PrometheusHandle, store: Store) -> Router {
                 if let Some(pool) = store.pool_usage() {
                     crate::metrics::db_pool(pool.in_use, pool.idle, pool.max);
                 }
-                let body = metrics.render();
+                let body = crate::metrics::render(&metrics);
                 async move {
                     (
                         [(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE))],

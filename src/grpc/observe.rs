@@ -18,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 use prost::Message as _;
 use tonic::{Code, body::Body, codegen::http};
 use tracing::Span;
@@ -109,7 +109,7 @@ struct Method {
     name: Arc<str>,
     /// `service/method`, the server span's name.
     span_name: String,
-    by_code: [OnceLock<(Counter, Histogram)>; 17],
+    by_code: [OnceLock<(Counter, Arc<crate::metrics::Latency>)>; 17],
 }
 
 impl Method {
@@ -128,7 +128,7 @@ impl Method {
             crate::metrics::rpc_handles(Arc::clone(&self.service), Arc::clone(&self.name), code)
         });
         calls.increment(1);
-        latency.record(elapsed.as_secs_f64());
+        latency.record(elapsed);
         tracing::info!(
             service = &*self.service,
             method = &*self.name,

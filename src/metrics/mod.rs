@@ -1,5 +1,10 @@
 //! Prometheus metrics: every name authd exports is defined here, recorded through the
-//! `metrics` facade and rendered at `GET /metrics` by metrics-exporter-prometheus.
+//! `metrics` facade and rendered at `GET /metrics` by metrics-exporter-prometheus, but for
+//! the per-call latency histogram, which is cheaper counted by authd itself ([`Latency`]).
+
+mod latency;
+
+pub use latency::Latency;
 
 use std::{
     sync::{Arc, OnceLock},
@@ -7,13 +12,12 @@ use std::{
 };
 
 use metrics::{
-    Counter, Histogram, Label, SharedString, counter, describe_counter, describe_gauge,
-    describe_histogram, gauge, histogram,
+    Counter, Label, SharedString, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 const RPC_REQUESTS: &str = "authd_rpc_requests_total";
-const RPC_DURATION: &str = "authd_rpc_duration_seconds";
 const LOGIN_FAILURES: &str = "authd_login_failures_total";
 const LOGIN_THROTTLED: &str = "authd_login_throttled_total";
 const REFRESH_REUSE: &str = "authd_refresh_token_reuse_total";
@@ -35,12 +39,6 @@ const DB_POOL_MAX: &str = "authd_db_pool_max_connections";
 const BUILD_INFO: &str = "authd_build_info";
 const TRACE_SPANS_DROPPED: &str = "authd_trace_spans_dropped_total";
 
-/// Latency buckets from 100 µs (Validate) to 10 s (a Login queued behind argon2).
-const RPC_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
 /// How often histograms are compacted; without it their buffers grow with the traffic.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -53,11 +51,13 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(RPC_DURATION.to_owned()), RPC_BUCKETS)?
         // A revocation's way to another replica: milliseconds when pushed, as long as the
-        // transaction when it commits late.
-        .set_buckets_for_metric(Matcher::Full(REVOCATION_PUSH_LAG.to_owned()), RPC_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(FEED_LAG.to_owned()), RPC_BUCKETS)?
+        // transaction when it commits late. The calls' buckets serve.
+        .set_buckets_for_metric(
+            Matcher::Full(REVOCATION_PUSH_LAG.to_owned()),
+            &latency::BUCKETS,
+        )?
+        .set_buckets_for_metric(Matcher::Full(FEED_LAG.to_owned()), &latency::BUCKETS)?
         .install_recorder()?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -68,11 +68,6 @@ fn describe() {
     describe_counter!(
         RPC_REQUESTS,
         "gRPC calls (AuthService, health, reflection), by service, method and status code."
-    );
-    describe_histogram!(
-        RPC_DURATION,
-        metrics::Unit::Seconds,
-        "gRPC call latency, by service, method and status code."
     );
     describe_counter!(
         TRACE_SPANS_DROPPED,
@@ -150,18 +145,27 @@ pub async fn upkeep_forever(handle: PrometheusHandle) {
     }
 }
 
+/// Every metric, in Prometheus' text format: a scrape's body.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut scrape = handle.render();
+    latency::render(&mut scrape);
+    scrape
+}
+
 /// The call counter and latency histogram of one gRPC method and status code. Handles are
-/// kept by the caller, so that a call costs two atomic updates and no lookup.
-pub fn rpc_handles(service: Arc<str>, method: Arc<str>, code: tonic::Code) -> (Counter, Histogram) {
+/// kept by the caller, so that a call costs three atomic updates and no lookup.
+pub fn rpc_handles(
+    service: Arc<str>,
+    method: Arc<str>,
+    code: tonic::Code,
+) -> (Counter, Arc<Latency>) {
+    let latency = latency::series(&service, &method, code_label(code));
     let labels = [
         Label::new("service", SharedString::from(service)),
         Label::new("method", SharedString::from(method)),
         Label::new("code", code_label(code)),
     ];
-    (
-        counter!(RPC_REQUESTS, labels.iter()),
-        histogram!(RPC_DURATION, labels.iter()),
-    )
+    (counter!(RPC_REQUESTS, labels.iter()), latency)
 }
 
 /// `count` spans dropped instead of exported, for `reason` (`queue_full`, `export_failed`).
