@@ -9,8 +9,9 @@
 # the single-row conditional UPDATE floor, update.sql, at the same concurrency), busycore
 # (validate p99 alone and beside a CPU loop at SCHED_IDLE outside authd, to compare with the
 # login phase's flood; needs the transport phase's tokens), floor (Validate against a plain tonic
-# server answering a fixed ValidateResponse, examples/validate_floor.rs, with server CPU per call,
-# authd with tracing off and on but sampled out).
+# server answering a fixed ValidateResponse, examples/validate_floor.rs, and against the health
+# check, with server CPU per call, authd with tracing off and on but sampled out: each pair
+# loaded at the same moment).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
 # BENCH_BIN_DIR names a folder of prebuilt binaries to measure instead of building.
 # BENCH_PIN=1 runs the servers on CPU 0 and the load generator on CPU 1 (taskset), so that
@@ -85,22 +86,41 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # User plus system CPU of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_second=$(getconf CLK_TCK)
-call_cpu() { # label, pid, address, mode: that call's load, with the server's CPU per call
-  local label=$1 pid=$2 address=$3 mode=$4 before after out calls
-  echo "## $label"
+# The floor phase's load: `mode` on `address`, for `duration`, by the raw client.
+floor_load() { # address, mode, duration
+  "${on_client_cpu[@]}" "$load_bin" --target "http://$1" --mode "$2" --client "$client" \
+    --tokens-file "$work/tokens" --duration "$3" --connections "$connections" --in-flight "$in_flight"
+}
+# Two servers loaded at the same moment, each by its own client (taking turns on the same
+# cores when pinned): both see the same moments of this shared host, whose speed swings from
+# one second to the next, so their ratio holds where measurements taken in turn drift apart.
+# Prints each one's load report and its server CPU per call.
+side_by_side() { # round, then "label pid address mode" for the reference and for the subject
+  local round=$1 reference subject before after beside
+  read -r -a reference <<<"$2"
+  read -r -a subject <<<"$3"
   # Steady state: every token verified once (and cached) before the count starts, as in a
   # server that has been up for a while; connections warm on both servers alike.
-  "${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" --client "$client" \
-    --tokens-file "$work/tokens" \
-    --duration 2s --connections "$connections" --in-flight "$in_flight" >/dev/null
-  before=$(cpu_ticks "$pid")
-  out=$("${on_client_cpu[@]}" "$load_bin" --target "http://$address" --mode "$mode" --client "$client" \
-    --tokens-file "$work/tokens" \
-    --duration "$duration" --connections "$connections" --in-flight "$in_flight" | tail -n +2)
-  after=$(cpu_ticks "$pid")
-  echo "$out"
-  calls=$(awk '$1 == "Validate" || $1 == "Health" {print $2}' <<<"$out")
-  echo "server CPU per call: $(awk "BEGIN {printf \"%.2f\", ($after - $before) * 1e6 / $ticks_per_second / $calls}") µs"
+  floor_load "${reference[2]}" "${reference[3]}" 2s >/dev/null &
+  beside=$!
+  floor_load "${subject[2]}" "${subject[3]}" 2s >/dev/null
+  wait "$beside"
+  before=("$(cpu_ticks "${reference[1]}")" "$(cpu_ticks "${subject[1]}")")
+  floor_load "${reference[2]}" "${reference[3]}" "$duration" >"$work/reference" &
+  beside=$!
+  floor_load "${subject[2]}" "${subject[3]}" "$duration" >"$work/subject"
+  wait "$beside"
+  after=("$(cpu_ticks "${reference[1]}")" "$(cpu_ticks "${subject[1]}")")
+  local i=0 role label
+  for role in reference subject; do
+    if [[ $role == reference ]]; then label=${reference[0]}; else label=${subject[0]}; fi
+    echo "## ${subject[0]} beside ${reference[0]}, round $round, $role $label"
+    tail -n +2 "$work/$role"
+    awk -v ticks=$((after[i] - before[i])) -v hz="$ticks_per_second" \
+      '$1 == "Validate" || $1 == "Health" {printf "server CPU per call: %.2f µs\n", ticks * 1e6 / hz / $2}' \
+      "$work/$role"
+    i=$((i + 1))
+  done
 }
 run() { # label, load arguments...
   local label=$1; shift
@@ -131,9 +151,10 @@ for phase in $phases; do
         --in-flight "$in_flight" --connections "$connections"
       stop
     fi
-    # Every server runs from the start, side by side (on SQLite each on its own copy of the
-    # database); each round then measures every one in turn, so that all see the same moments
-    # of this shared host, and the targets are judged on the median of the per-round ratios.
+    # Every server runs from the start (on SQLite each on its own copy of the database); each
+    # round then loads every pair below side by side: the subject and the reference it is
+    # judged against, at the same moments of this shared host. The targets are judged on the
+    # median of the per-round ratios.
     serve_floor() { "${on_server_cpu[@]}" "$floor_bin" "$1" & }
     serve_authd() { # port offset, env...
       local offset=$1 database=() file; shift
@@ -160,48 +181,53 @@ for phase in $phases; do
     serve_authd 2 "${sampled_out[@]}"; sampled=$!
     serve_authd 3 "${collector_up[@]}"; traced_up=$!
     serve_authd 4 "${collector_down[@]}"; traced_down=$!
-    servers=("health $off 127.0.0.1:50081 health" "floor $floor 127.0.0.1:50072 validate"
-      "off $off 127.0.0.1:50081 validate" "sampled_out $sampled 127.0.0.1:50082 validate"
-      "traced_collector_up $traced_up 127.0.0.1:50083 validate"
-      "traced_collector_down $traced_down 127.0.0.1:50084 validate")
-    for address in 127.0.0.1:50072 127.0.0.1:5008{1,2,3,4}; do
+    serve_authd 5; health=$!
+    declare -A servers=(
+      [floor]="floor $floor 127.0.0.1:50072 validate"
+      [health]="health $health 127.0.0.1:50085 health"
+      [off]="off $off 127.0.0.1:50081 validate"
+      [sampled_out]="sampled_out $sampled 127.0.0.1:50082 validate"
+      [traced_collector_up]="traced_collector_up $traced_up 127.0.0.1:50083 validate"
+      [traced_collector_down]="traced_collector_down $traced_down 127.0.0.1:50084 validate")
+    # Reference, then subject.
+    pairs=("floor off" "floor sampled_out" "health off" "health sampled_out" "health floor"
+      "floor traced_collector_up" "floor traced_collector_down")
+    for address in 127.0.0.1:50072 127.0.0.1:5008{1,2,3,4,5}; do
       until "$load_bin" --target "http://$address" --mode health --duration 100ms \
         --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
     done
     for i in $(seq "$runs"); do
-      for server in "${servers[@]}"; do
-        read -r label pid address mode <<<"$server"
-        call_cpu "$label, run $i" "$pid" "$address" "$mode" | tee -a "$work/floor.log"
+      for pair in "${pairs[@]}"; do
+        read -r reference subject <<<"$pair"
+        side_by_side "$i" "${servers[$reference]}" "${servers[$subject]}" | tee -a "$work/floor.log"
       done
     done
-    echo "## per run: throughput and server CPU per call against the floor and the health check"
-    awk -v runs="$runs" '
-      /^## / { label = $2; sub(/,$/, "", label); run = $4 }
-      $1 == "Validate" || $1 == "Health" { rate[label, run] = $3 }
-      /^server CPU per call/ { cpu[label, run] = $5 }
+    echo "## per round: the subject's throughput and server CPU per call against its reference's"
+    awk -v runs="$runs" -v pairs="${pairs[*]}" '
+      /^## / { key = $2 " " $4; sub(/,$/, "", key); round = $6; sub(/,$/, "", round); role = $7 }
+      $1 == "Validate" || $1 == "Health" { rate[key, round, role] = $3 }
+      /^server CPU per call/ { cpu[key, round, role] = $5 }
       function median(values, n,   i, j, t) {
         for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
           if (values[j] < values[i]) { t = values[i]; values[i] = values[j]; values[j] = t }
         return n % 2 ? values[(n + 1) / 2] : (values[n / 2] + values[n / 2 + 1]) / 2
       }
       END {
-        split("off sampled_out traced_collector_up traced_collector_down", names, " ")
-        for (k = 1; k <= 4; k++) {
-          name = names[k]; line = ""
+        count = split(pairs, names, " ")
+        for (k = 1; k < count; k += 2) {
+          key = names[k + 1] " " names[k]; line = ""
           for (r = 1; r <= runs; r++) {
-            a[r] = rate[name, r] / rate["floor", r]; c[r] = cpu[name, r] / cpu["floor", r]
-            h[r] = rate[name, r] / rate["health", r]
-            line = line sprintf(" %.2f/%.2f/%.2f", a[r], c[r], h[r])
+            t[r] = rate[key, r, "subject"] / rate[key, r, "reference"]
+            c[r] = cpu[key, r, "subject"] / cpu[key, r, "reference"]
+            line = line sprintf(" %.2f/%.2f", t[r], c[r])
           }
-          printf "%s: throughput / floor, CPU / floor, throughput / health:%s\n", name, line
-          printf "%s medians: throughput %.2f of the floor, CPU %.2f of the floor, throughput %.2f of health\n",
-            name, median(a, runs), median(c, runs), median(h, runs)
+          printf "%s against %s, throughput/CPU per round:%s\n", names[k + 1], names[k], line
+          printf "%s against %s, medians: throughput %.2f, server CPU per call %.2f\n",
+            names[k + 1], names[k], median(t, runs), median(c, runs)
         }
-        for (r = 1; r <= runs; r++) f[r] = rate["floor", r] / rate["health", r]
-        printf "floor median: throughput %.2f of health\n", median(f, runs)
       }' "$work/floor.log"
-    kill "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$sink"
-    wait "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$sink" 2>/dev/null || true ;;
+    kill "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink"
+    wait "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink" 2>/dev/null || true ;;
   login)
     [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
     add_users login@example.com
