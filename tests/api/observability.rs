@@ -190,7 +190,58 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
             "{family} has no HELP line"
         );
     }
+    prometheus_parses_the_scrape(&text).await;
     drop(rotated);
+}
+
+/// The official Prometheus client's own parser reads the whole scrape, and finds the call
+/// latency a histogram whose buckets never decrease and whose count is its `+Inf` bucket.
+async fn prometheus_parses_the_scrape(text: &str) {
+    const CHECK: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+latency = families["authd_rpc_duration_seconds"]
+assert latency.type == "histogram", latency.type
+series = {}
+for sample in latency.samples:
+    labels = dict(sample.labels)
+    le = labels.pop("le", None)
+    key = tuple(sorted(labels.items()))
+    entry = series.setdefault(key, {"buckets": [], "count": None})
+    if sample.name.endswith("_bucket"):
+        entry["buckets"].append((float(le), sample.value))
+    elif sample.name.endswith("_count"):
+        entry["count"] = sample.value
+for key, entry in series.items():
+    counts = [value for _, value in sorted(entry["buckets"])]
+    assert counts == sorted(counts), (key, counts)
+    assert counts[-1] == entry["count"], (key, counts[-1], entry["count"])
+print(len(families), "families;", len(series), "latency series")
+"#;
+    let mut python = tokio::process::Command::new("python3");
+    python
+        .args(["-c", CHECK])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = python.spawn().expect("python3 runs");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, text.as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the parser answers within 30 s")
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "prometheus_client refused the scrape: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("latency series"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
