@@ -10,7 +10,7 @@ use std::{hint::black_box, time::Duration};
 use authd::{
     auth::{
         Opened, Password, PasswordHasher, RefreshKey, RefreshToken, RevokedSessions, SuccessorKey,
-        TokenKeys, VerifiedTokens,
+        TokenKeys, ValidatedToken, VerifiedTokens,
     },
     config::Argon2Settings,
 };
@@ -63,13 +63,13 @@ fn access_tokens(c: &mut Criterion) {
         })
     });
     // A token seen before: its keyed hash, a cache lookup, then the revocation lookup.
-    let verified = VerifiedTokens::new(50_000, keys.rules());
+    let verified = VerifiedTokens::<ValidatedToken>::new(50_000, keys.rules());
     c.bench_function("access_token/cached_verify_and_revocation_lookup", |b| {
         b.iter(|| {
             let claims = verified
                 .get_or_verify(black_box(&token), now(), || keys.verify(&token))
                 .unwrap();
-            assert!(!revoked.contains(&claims.sid));
+            assert!(!revoked.contains(&claims.session_id));
         })
     });
     c.bench_function("revocation/lookup_among_10k", |b| {

@@ -26,7 +26,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-pub use access_token::{Acceptance, AccessClaims, TokenKeys};
+pub use access_token::{Acceptance, AccessClaims, TokenKeys, ValidatedToken};
 pub use admin_access::{AdminAccess, AdminCaller, AdminCredentials};
 pub use authd_verifier::VerifiedTokens;
 pub use credentials::{Email, Password, PasswordRule};
@@ -89,7 +89,7 @@ pub struct Authenticator {
     hasher: PasswordHasher,
     keys: TokenKeys,
     refresh_key: RefreshKey,
-    verified: VerifiedTokens,
+    verified: VerifiedTokens<ValidatedToken>,
     revoked: Arc<RevokedSessions>,
     access_token_ttl: Duration,
     lifetimes: Lifetimes,
@@ -157,7 +157,7 @@ impl Authenticator {
 
     /// Checks an access token: no database query, pure CPU, and for a token seen before only
     /// a hash and two lookups (see [`VerifiedTokens`]).
-    pub fn validate(&self, access_token: &str) -> Result<Arc<AccessClaims>, AuthError> {
+    pub fn validate(&self, access_token: &str) -> Result<ValidatedToken, AuthError> {
         if access_token.is_empty() {
             return Err(AuthError::InvalidArgument {
                 field: "access_token",
@@ -172,13 +172,13 @@ impl Authenticator {
         }
         // Seconds straight from the system clock: no calendar arithmetic on the hot path.
         let now = authd_verifier::unix_now();
-        let claims = self
+        let token = self
             .verified
             .get_or_verify(access_token, now, || self.keys.verify(access_token))?;
-        if self.revoked.contains(&claims.sid) {
+        if self.revoked.contains(&token.session_id) {
             return Err(AuthError::SessionRevoked);
         }
-        Ok(claims)
+        Ok(token)
     }
 
     /// Revokes the session of `token`, or every session of its user. Unknown, malformed,

@@ -17,16 +17,16 @@ impl Authenticator {
         page_size: u32,
         page_token: &str,
     ) -> Result<(SessionPage, Uuid), AuthError> {
-        let claims = self.validate(access_token)?;
+        let caller = self.validate(access_token)?;
         let page = session_page(
             &self.store,
-            claims.sub,
+            caller.user_id,
             self.lifetimes.session_max,
             page_size,
             page_token,
         )
         .await?;
-        Ok((page, claims.sid))
+        Ok((page, caller.session_id))
     }
 
     /// Ends one of the caller's sessions. Another user's session is NOT_FOUND, exactly as a
@@ -37,12 +37,12 @@ impl Authenticator {
         access_token: &str,
         session_id: Uuid,
     ) -> Result<(), AuthError> {
-        let claims = self.validate(access_token)?;
-        if self.store.session_owner(session_id).await? != Some(claims.sub) {
+        let caller = self.validate(access_token)?;
+        if self.store.session_owner(session_id).await? != Some(caller.user_id) {
             return Err(AuthError::SessionNotFound);
         }
         self.revoke(session_id, RevokedReason::Logout).await?;
-        audit!(event = "session_revoked", user_id = %claims.sub, %session_id, by = "self");
+        audit!(event = "session_revoked", user_id = %caller.user_id, %session_id, by = "self");
         Ok(())
     }
 
@@ -58,24 +58,24 @@ impl Authenticator {
         end_other_sessions: bool,
         client: Option<IpAddr>,
     ) -> Result<usize, AuthError> {
-        let claims = self.validate(access_token)?;
+        let caller = self.validate(access_token)?;
         let new_password = Password::parse_new(new_password, &self.policy)?;
-        let email = Email::parse(&claims.email)?;
+        let email = Email::parse(&caller.email)?;
         let _turn = self.turns.take(email.as_str()).await?;
         let (user, _) = self.check_password(&email, current, client, None).await?;
-        if user.id != claims.sub {
+        if user.id != caller.user_id {
             // The email now belongs to another account than the token's: never change it.
             return Err(AuthError::InvalidCredentials);
         }
         let hash = self.hasher.hash(new_password).await?;
         let end = if end_other_sessions {
-            EndSessions::AllBut(claims.sid)
+            EndSessions::AllBut(caller.session_id)
         } else {
             EndSessions::None
         };
         let (user_id, revoked) = self
             .store
-            .set_password(UserKey::Id(claims.sub), &hash, end)
+            .set_password(UserKey::Id(caller.user_id), &hash, end)
             .await?
             .ok_or(AuthError::InvalidCredentials)?;
         self.revoked.insert_all(&revoked, store::now());

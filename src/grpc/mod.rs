@@ -216,13 +216,13 @@ impl AuthService for AuthGrpc {
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
         answer(async {
-            let claims = self.auth.validate(&request.get_ref().access_token)?;
+            let token = self.auth.validate(&request.get_ref().access_token)?;
             Ok(Response::new(ValidateResponse {
-                user_id: uuid_text(claims.sub),
-                email: claims.email.clone(),
-                session_id: uuid_text(claims.sid),
-                issued_at: Some(timestamp(claims.iat)),
-                expires_at: Some(timestamp(claims.exp)),
+                user_id: uuid_text(token.user_id),
+                email: token.email.into_string(),
+                session_id: uuid_text(token.session_id),
+                issued_at: Some(timestamp(token.issued_at)),
+                expires_at: Some(timestamp(token.expires_at)),
             }))
         })
         .await

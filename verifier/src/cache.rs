@@ -2,6 +2,11 @@
 //! a token costs one Ed25519 verification rather than one per call (as Envoy's jwt_authn
 //! does). authd's Validate and the [`Verifier`](crate::Verifier) share it. Revocation is not
 //! cached: both check it on every call.
+//!
+//! What it keeps of a token is the caller's choice ([`Verified`]): the verifier keeps the
+//! claims it hands out; authd's Validate keeps only what it answers, inline, because with
+//! thousands of tokens in rotation each hop from the cache's entry to another allocation is
+//! a cache miss on every call.
 
 use std::{
     hash::{BuildHasher, Hasher, RandomState},
@@ -19,9 +24,9 @@ use crate::{AccessClaims, TokenRules};
 /// process, so nobody can craft a token that lands on a cached one without verification; a
 /// keyed hash does that at a fraction of SHA-256's cost where the CPU has no SHA instructions.
 #[derive(Debug)]
-pub struct VerifiedTokens {
+pub struct VerifiedTokens<V = Arc<AccessClaims>> {
     /// `None` when the capacity is 0.
-    cache: Option<Cache<TokenKey, Arc<AccessClaims>, UnitWeighter, KeyIsItsOwnHash>>,
+    cache: Option<Cache<TokenKey, V, UnitWeighter, KeyIsItsOwnHash>>,
     /// The SipHash key.
     key: (u64, u64),
     /// The rules' leeway: a cached token is served no longer than a fresh verification would
@@ -29,11 +34,23 @@ pub struct VerifiedTokens {
     leeway_seconds: i64,
 }
 
+/// What the cache keeps of a verified token, and hands out (cloned) on every hit.
+pub trait Verified: Clone + From<AccessClaims> {
+    /// The token's `exp`, in seconds since the Unix epoch.
+    fn expires_at(&self) -> i64;
+}
+
+impl Verified for Arc<AccessClaims> {
+    fn expires_at(&self) -> i64 {
+        self.exp
+    }
+}
+
 /// A token's place in the cache: its keyed hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct TokenKey(u128);
 
-impl VerifiedTokens {
+impl<V: Verified> VerifiedTokens<V> {
     /// A cache of at most `capacity` tokens (0: no caching), each served no longer than
     /// `rules` would accept it: until its `exp` plus their leeway.
     pub fn new(capacity: usize, rules: &TokenRules) -> Self {
@@ -61,21 +78,21 @@ impl VerifiedTokens {
         token: &str,
         now: i64,
         verify: impl FnOnce() -> Result<AccessClaims, E>,
-    ) -> Result<Arc<AccessClaims>, E> {
+    ) -> Result<V, E> {
         let Some(cache) = &self.cache else {
-            return verify().map(Arc::new);
+            return verify().map(V::from);
         };
         let key = self.key_of(token);
-        if let Some(claims) = cache.get(&key) {
-            if now < claims.exp.saturating_add(self.leeway_seconds) {
-                return Ok(claims);
+        if let Some(verified) = cache.get(&key) {
+            if now < verified.expires_at().saturating_add(self.leeway_seconds) {
+                return Ok(verified);
             }
             // Expired: the verification below gives the precise answer.
             cache.remove(&key);
         }
-        let claims = Arc::new(verify()?);
-        cache.insert(key, Arc::clone(&claims));
-        Ok(claims)
+        let verified = V::from(verify()?);
+        cache.insert(key, verified.clone());
+        Ok(verified)
     }
 
     fn key_of(&self, token: &str) -> TokenKey {
@@ -166,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_token_is_verified_once_until_it_expires() {
-        let cache = VerifiedTokens::new(10, &rules(5));
+        let cache = VerifiedTokens::<Arc<AccessClaims>>::new(10, &rules(5));
         let verifications = Cell::new(0);
         let verify = || {
             verifications.set(verifications.get() + 1);
@@ -182,7 +199,7 @@ mod tests {
 
     #[test]
     fn failures_and_other_tokens_are_not_served_from_the_cache() {
-        let cache = VerifiedTokens::new(10, &rules(0));
+        let cache = VerifiedTokens::<Arc<AccessClaims>>::new(10, &rules(0));
         cache.get_or_verify("token", 0, || verified(1_000)).unwrap();
         let forged = cache.get_or_verify("token.", 0, || Err(Refused::Invalid));
         assert!(matches!(forged, Err(Refused::Invalid)));
@@ -193,8 +210,8 @@ mod tests {
     #[test]
     fn two_caches_key_the_same_token_differently() {
         let (one, two) = (
-            VerifiedTokens::new(1, &rules(0)),
-            VerifiedTokens::new(1, &rules(0)),
+            VerifiedTokens::<Arc<AccessClaims>>::new(1, &rules(0)),
+            VerifiedTokens::<Arc<AccessClaims>>::new(1, &rules(0)),
         );
         assert_eq!(one.key_of("token"), one.key_of("token"));
         assert_ne!(one.key_of("token"), one.key_of("token."));
@@ -216,9 +233,50 @@ mod tests {
         );
     }
 
+    /// A caller's own lean copy of the claims: only the expiry and the session.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Lean {
+        sid: Uuid,
+        exp: i64,
+    }
+
+    impl From<AccessClaims> for Lean {
+        fn from(claims: AccessClaims) -> Self {
+            Self {
+                sid: claims.sid,
+                exp: claims.exp,
+            }
+        }
+    }
+
+    impl Verified for Lean {
+        fn expires_at(&self) -> i64 {
+            self.exp
+        }
+    }
+
+    #[test]
+    fn a_lean_copy_is_kept_and_served_until_its_own_expiry() {
+        let cache = VerifiedTokens::<Lean>::new(10, &rules(5));
+        let first = cache
+            .get_or_verify("token", 900, || verified(1_000))
+            .unwrap();
+        assert_eq!(
+            first,
+            Lean {
+                sid: Uuid::from_u128(2),
+                exp: 1_000
+            }
+        );
+        let again = cache.get_or_verify("token", 1_004, || Err(Refused::Invalid));
+        assert_eq!(again.unwrap(), first, "not served from the cache");
+        let expired = cache.get_or_verify("token", 1_005, || Err(Refused::Expired));
+        assert!(matches!(expired, Err(Refused::Expired)));
+    }
+
     #[test]
     fn a_zero_capacity_verifies_every_time() {
-        let cache = VerifiedTokens::new(0, &rules(0));
+        let cache = VerifiedTokens::<Arc<AccessClaims>>::new(0, &rules(0));
         let verifications = Cell::new(0);
         for _ in 0..3 {
             cache

@@ -40,7 +40,7 @@ pub use rules::{ACCESS_TOKEN_TYPE, ALGORITHM, AccessClaims, Rejection, TokenRule
 #[cfg(feature = "cache")]
 mod cache;
 #[cfg(feature = "cache")]
-pub use cache::VerifiedTokens;
+pub use cache::{Verified, VerifiedTokens};
 
 #[cfg(feature = "client")]
 mod feed;
