@@ -219,7 +219,7 @@ impl AuthService for AuthGrpc {
             let token = self.auth.validate(&request.get_ref().access_token)?;
             Ok(Response::new(ValidateResponse {
                 user_id: uuid_text(token.user_id),
-                email: token.email.into_string(),
+                email: token.email.into(),
                 session_id: uuid_text(token.session_id),
                 issued_at: Some(timestamp(token.issued_at)),
                 expires_at: Some(timestamp(token.expires_at)),

@@ -10,6 +10,7 @@ use jsonwebtoken::{
     DecodingKey, Header,
     jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
 };
+use smol_str::SmolStr;
 use uuid::Uuid;
 
 use super::{AuthError, KeyError};
@@ -24,8 +25,9 @@ pub struct ValidatedToken {
     pub user_id: Uuid,
     /// The session's id (`sid`): what a logout revokes.
     pub session_id: Uuid,
-    /// The user's email when the token was issued.
-    pub email: Box<str>,
+    /// The user's email when the token was issued: inline up to 23 bytes, as most are, so
+    /// that answering it reads no other allocation either.
+    pub email: SmolStr,
     /// `iat`, in seconds since the Unix epoch.
     pub issued_at: i64,
     /// `exp`, in seconds since the Unix epoch.
@@ -37,7 +39,7 @@ impl From<AccessClaims> for ValidatedToken {
         Self {
             user_id: claims.sub,
             session_id: claims.sid,
-            email: claims.email.into_boxed_str(),
+            email: claims.email.into(),
             issued_at: claims.iat,
             expires_at: claims.exp,
         }

@@ -89,6 +89,26 @@ fn an_issued_token_verifies_with_its_claims() {
 }
 
 #[test]
+fn what_validate_keeps_of_a_token_is_its_claims_short_or_long_email_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+    // Inline up to 23 bytes, on the heap beyond: both kept whole.
+    for email in ["a@b.c", "a.rather.long.address@mail.example.com"] {
+        let token = keys
+            .issue(user, session, email, now(), Duration::from_secs(60))
+            .unwrap();
+        let claims = keys.verify(&token).unwrap();
+        let kept = ValidatedToken::from(claims.clone());
+        assert_eq!(
+            (kept.user_id, kept.session_id, kept.email.as_str()),
+            (user, session, email)
+        );
+        assert_eq!((kept.issued_at, kept.expires_at), (claims.iat, claims.exp));
+    }
+}
+
+#[test]
 fn a_token_of_another_key_is_invalid() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let token = anyones_token(&keys(a.path()), now());
