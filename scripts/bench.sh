@@ -11,7 +11,8 @@
 # login phase's flood; needs the transport phase's tokens), floor (Validate against a plain tonic
 # server answering a fixed ValidateResponse, examples/validate_floor.rs, and against the health
 # check, with server CPU per call, authd with tracing off and on but sampled out: each pair
-# loaded at the same moment).
+# loaded at the same moment), ab (not by default: two builds of authd, this one and the one in
+# BENCH_AB_DIR, loaded side by side as the floor phase does, each as the other's reference).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
 # BENCH_BIN_DIR names a folder of prebuilt binaries to measure instead of building.
 # BENCH_PIN=1 runs the servers on CPU 0 and the load generator on CPU 1 (taskset), so that
@@ -27,6 +28,8 @@ in_flight=${BENCH_IN_FLIGHT:-64}
 # The floor phase's client (examples/load.rs --client): raw spends less per call than a server.
 client=${BENCH_CLIENT:-raw}
 connections=${BENCH_CONNECTIONS:-4}
+# The floor and ab phases' Validate rotates through this many of the 10,000 sessions' tokens.
+floor_tokens=${BENCH_TOKENS:-10000}
 
 # BENCH_BIN_DIR: binaries built before (authd, load, validate_floor), for A/B runs of two builds.
 if [[ -n ${BENCH_BIN_DIR:-} ]]; then
@@ -89,7 +92,7 @@ ticks_per_second=$(getconf CLK_TCK)
 # The floor phase's load: `mode` on `address`, for `duration`, by the raw client.
 floor_load() { # address, mode, duration
   "${on_client_cpu[@]}" "$load_bin" --target "http://$1" --mode "$2" --client "$client" \
-    --tokens-file "$work/tokens" --duration "$3" --connections "$connections" --in-flight "$in_flight"
+    --tokens-file "$work/floor_tokens" --duration "$3" --connections "$connections" --in-flight "$in_flight"
 }
 # Two servers loaded at the same moment, each by its own client (taking turns on the same
 # cores when pinned): both see the same moments of this shared host, whose speed swings from
@@ -128,6 +131,76 @@ run() { # label, load arguments...
   load --duration "$duration" --connections "$connections" --in-flight "$in_flight" "$@" | tail -n +2
 }
 
+# The floor and ab phases' tokens: 10,000 sessions opened on a first server, then stopped;
+# BENCH_TOKENS of them in rotation.
+prepare_tokens() {
+  if [[ ! -f $work/tokens ]]; then
+    add_users fast@example.com "${cheap_argon2[@]}"
+    start "${cheap_argon2[@]}"
+    load --mode sessions --sessions 10000 --email fast@example.com --tokens-file "$work/tokens" \
+      --in-flight "$in_flight" --connections "$connections"
+    stop
+  fi
+  head -n "$floor_tokens" "$work/tokens" >"$work/floor_tokens"
+}
+# Every server of the floor and ab phases runs from the start (on SQLite each on its own copy
+# of the database); each round then loads every pair side by side: the subject and the
+# reference it is judged against, at the same moments of this shared host. The targets are
+# judged on the median of the per-round ratios.
+serve_floor() { "${on_server_cpu[@]}" "$floor_bin" "$1" & }
+serve_authd() { # port offset, env...; $authd_bin, if set, is the binary to serve
+  local offset=$1 database=() file; shift
+  if [[ $backend == sqlite ]]; then # PostgreSQL: one database serves them all
+    for file in "$work"/authd.db*; do cp "$file" "$work/floor_$offset${file#"$work"/authd}"; done
+    database=(AUTH_DATABASE_URL="sqlite://$work/floor_$offset.db?mode=rwc")
+  fi
+  "${on_server_cpu[@]}" env AUTH_LISTEN="127.0.0.1:$((50080 + offset))" \
+    AUTH_HTTP_LISTEN="127.0.0.1:$((8180 + offset))" "${database[@]}" "$@" \
+    "${authd_bin:-$authd}" serve 2>>"$work/authd.log" &
+}
+wait_for() { # addresses...
+  local address
+  for address in "$@"; do
+    until "$load_bin" --target "http://$address" --mode health --duration 100ms \
+      --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
+  done
+}
+# $runs rounds of every pair in $pairs ("reference subject", names in $servers), then each
+# pair's per-round ratios and their medians.
+pairs_side_by_side() {
+  local i pair reference subject
+  : >"$work/floor.log"
+  for i in $(seq "$runs"); do
+    for pair in "${pairs[@]}"; do
+      read -r reference subject <<<"$pair"
+      side_by_side "$i" "${servers[$reference]}" "${servers[$subject]}" | tee -a "$work/floor.log"
+    done
+  done
+  echo "## per round: the subject's throughput and server CPU per call against its reference's"
+  awk -v runs="$runs" -v pairs="${pairs[*]}" '
+    /^## / { key = $2 " " $4; sub(/,$/, "", key); round = $6; sub(/,$/, "", round); role = $7 }
+    $1 == "Validate" || $1 == "Health" { rate[key, round, role] = $3 }
+    /^server CPU per call/ { cpu[key, round, role] = $5 }
+    function median(values, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+        if (values[j] < values[i]) { t = values[i]; values[i] = values[j]; values[j] = t }
+      return n % 2 ? values[(n + 1) / 2] : (values[n / 2] + values[n / 2 + 1]) / 2
+    }
+    END {
+      count = split(pairs, names, " ")
+      for (k = 1; k < count; k += 2) {
+        key = names[k + 1] " " names[k]; line = ""
+        for (r = 1; r <= runs; r++) {
+          t[r] = rate[key, r, "subject"] / rate[key, r, "reference"]
+          c[r] = cpu[key, r, "subject"] / cpu[key, r, "reference"]
+          line = line sprintf(" %.2f/%.2f", t[r], c[r])
+        }
+        printf "%s against %s, throughput/CPU per round:%s\n", names[k + 1], names[k], line
+        printf "%s against %s, medians: throughput %.2f, server CPU per call %.2f\n",
+          names[k + 1], names[k], median(t, runs), median(c, runs)
+      }
+    }' "$work/floor.log"
+}
 echo "# authd end-to-end benchmarks: $backend, $(nproc) cores, $(date -u +%F), commit $(git rev-parse --short HEAD)"
 for phase in $phases; do
   case $phase in
@@ -144,28 +217,7 @@ for phase in $phases; do
     done
     stop ;;
   floor)
-    if [[ ! -f $work/tokens ]]; then
-      add_users fast@example.com "${cheap_argon2[@]}"
-      start "${cheap_argon2[@]}"
-      load --mode sessions --sessions 10000 --email fast@example.com --tokens-file "$work/tokens" \
-        --in-flight "$in_flight" --connections "$connections"
-      stop
-    fi
-    # Every server runs from the start (on SQLite each on its own copy of the database); each
-    # round then loads every pair below side by side: the subject and the reference it is
-    # judged against, at the same moments of this shared host. The targets are judged on the
-    # median of the per-round ratios.
-    serve_floor() { "${on_server_cpu[@]}" "$floor_bin" "$1" & }
-    serve_authd() { # port offset, env...
-      local offset=$1 database=() file; shift
-      if [[ $backend == sqlite ]]; then # PostgreSQL: one database serves them all
-        for file in "$work"/authd.db*; do cp "$file" "$work/floor_$offset${file#"$work"/authd}"; done
-        database=(AUTH_DATABASE_URL="sqlite://$work/floor_$offset.db?mode=rwc")
-      fi
-      "${on_server_cpu[@]}" env AUTH_LISTEN="127.0.0.1:$((50080 + offset))" \
-        AUTH_HTTP_LISTEN="127.0.0.1:$((8180 + offset))" "${database[@]}" "$@" \
-        $authd serve 2>>"$work/authd.log" &
-    }
+    prepare_tokens
     # Tracing on but every call sampled out (the default parent-based sampler, with no caller
     # trace and a ratio of 0): no span is made, the endpoint is never dialled.
     sampled_out=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=parentbased_always_off)
@@ -192,42 +244,24 @@ for phase in $phases; do
     # Reference, then subject.
     pairs=("floor off" "floor sampled_out" "health off" "health sampled_out" "health floor"
       "floor traced_collector_up" "floor traced_collector_down")
-    for address in 127.0.0.1:50072 127.0.0.1:5008{1,2,3,4,5}; do
-      until "$load_bin" --target "http://$address" --mode health --duration 100ms \
-        --in-flight 1 --connections 1 >/dev/null 2>&1; do sleep 0.2; done
-    done
-    for i in $(seq "$runs"); do
-      for pair in "${pairs[@]}"; do
-        read -r reference subject <<<"$pair"
-        side_by_side "$i" "${servers[$reference]}" "${servers[$subject]}" | tee -a "$work/floor.log"
-      done
-    done
-    echo "## per round: the subject's throughput and server CPU per call against its reference's"
-    awk -v runs="$runs" -v pairs="${pairs[*]}" '
-      /^## / { key = $2 " " $4; sub(/,$/, "", key); round = $6; sub(/,$/, "", round); role = $7 }
-      $1 == "Validate" || $1 == "Health" { rate[key, round, role] = $3 }
-      /^server CPU per call/ { cpu[key, round, role] = $5 }
-      function median(values, n,   i, j, t) {
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
-          if (values[j] < values[i]) { t = values[i]; values[i] = values[j]; values[j] = t }
-        return n % 2 ? values[(n + 1) / 2] : (values[n / 2] + values[n / 2 + 1]) / 2
-      }
-      END {
-        count = split(pairs, names, " ")
-        for (k = 1; k < count; k += 2) {
-          key = names[k + 1] " " names[k]; line = ""
-          for (r = 1; r <= runs; r++) {
-            t[r] = rate[key, r, "subject"] / rate[key, r, "reference"]
-            c[r] = cpu[key, r, "subject"] / cpu[key, r, "reference"]
-            line = line sprintf(" %.2f/%.2f", t[r], c[r])
-          }
-          printf "%s against %s, throughput/CPU per round:%s\n", names[k + 1], names[k], line
-          printf "%s against %s, medians: throughput %.2f, server CPU per call %.2f\n",
-            names[k + 1], names[k], median(t, runs), median(c, runs)
-        }
-      }' "$work/floor.log"
+    wait_for 127.0.0.1:50072 127.0.0.1:5008{1,2,3,4,5}
+    pairs_side_by_side
     kill "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink"
     wait "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink" 2>/dev/null || true ;;
+  ab)
+    [[ -n ${BENCH_AB_DIR:-} ]] || { echo "the ab phase needs BENCH_AB_DIR: the other build's authd" >&2; exit 2; }
+    prepare_tokens
+    serve_authd 1; after=$!
+    authd_bin=$BENCH_AB_DIR/authd serve_authd 2; before=$!
+    declare -A servers=(
+      [before]="before $before 127.0.0.1:50082 validate"
+      [after]="after $after 127.0.0.1:50081 validate")
+    # Each build as the other's reference once a round, so that neither place favours it.
+    pairs=("before after" "after before")
+    wait_for 127.0.0.1:5008{1,2}
+    pairs_side_by_side
+    kill "$before" "$after"
+    wait "$before" "$after" 2>/dev/null || true ;;
   login)
     [[ -f $work/tokens ]] || { echo "the login phase needs the transport phase's tokens" >&2; exit 2; }
     add_users login@example.com
