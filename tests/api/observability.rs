@@ -8,7 +8,8 @@ use common::{
     Backend, PASSWORD, TestApp, TestDatabase, eventually, http_get, login, logout,
     process::AuthdProcess, refresh, validate,
 };
-use tonic::Code;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 on_both_backends!(every_metric_appears_in_a_scrape_after_traffic);
 
@@ -100,20 +101,47 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
         common::health(app.addr, "").await.unwrap(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    // A stream is counted when it ends, not at its head as a unary call is: one the client
+    // walks away from is CANCELLED.
+    {
+        let channel = Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut watch = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(watch.message().await.unwrap().is_some(), "no first status");
+    }
+    let watch_cancelled = [
+        ("service", "grpc.health.v1.Health"),
+        ("method", "Watch"),
+        ("code", "CANCELLED"),
+    ];
 
-    let samples = eventually(Duration::from_secs(10), "a clean-up run", || async {
-        let (head, body) = http_get(app.http_addr, "/metrics").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-        let samples = parse_scrape(&body);
-        value(
-            &samples,
-            "authd_cleanup_runs_total",
-            &[("outcome", "success")],
-        )
-        .is_some()
-        .then_some((samples, body))
-    })
+    let samples = eventually(
+        Duration::from_secs(10),
+        "a clean-up run and the cancelled Watch counted",
+        || async {
+            let (head, body) = http_get(app.http_addr, "/metrics").await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+            let samples = parse_scrape(&body);
+            (value(
+                &samples,
+                "authd_cleanup_runs_total",
+                &[("outcome", "success")],
+            )
+            .is_some()
+                && value(&samples, "authd_rpc_requests_total", &watch_cancelled).is_some())
+            .then_some((samples, body))
+        },
+    )
     .await;
     let (samples, text) = samples;
     let at_least_one = |name: &str, labels: &[(&str, &str)]| {
@@ -151,6 +179,17 @@ async fn every_metric_appears_in_a_scrape_after_traffic(backend: Backend) {
     ];
     at_least_one("authd_rpc_requests_total", &health);
     at_least_one("authd_rpc_duration_seconds_count", &health);
+    at_least_one("authd_rpc_duration_seconds_count", &watch_cancelled);
+    let watch_ok = [
+        ("service", "grpc.health.v1.Health"),
+        ("method", "Watch"),
+        ("code", "OK"),
+    ];
+    assert_eq!(
+        value(&samples, "authd_rpc_requests_total", &watch_ok),
+        None,
+        "a stream counted at its head"
+    );
     at_least_one("authd_login_failures_total", &[]);
     at_least_one("authd_login_throttled_total", &[]);
     at_least_one("authd_refresh_token_reuse_total", &[]);
