@@ -287,14 +287,13 @@ where
                 return Poll::Ready(Err(error));
             }
         };
-        let mut call = PendingCall(this.call.0.take());
         // A refusal carries its status in the headers, and no trailers follow.
         if let Some(code) = refusal_status(&mut response) {
-            call.finish(code);
+            this.call.finish(code);
         }
-        match call.0.take() {
-            Some(streaming) if streaming.method.streaming => {
-                let call = PendingCall(Some(streaming));
+        match this.call.0.take() {
+            Some(stream) if stream.method.streaming => {
+                let call = PendingCall(Some(stream));
                 Poll::Ready(Ok(
                     response.map(|inner| Body::new(GuardedBody::new(inner, call)))
                 ))
