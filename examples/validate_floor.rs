@@ -80,7 +80,7 @@ impl AuthService for FixedValidate {
 }
 
 #[tokio::main]
-async fn main() {
+pub(crate) async fn main() {
     let address = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:50072".to_owned())

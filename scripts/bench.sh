@@ -10,8 +10,9 @@
 # (validate p99 alone and beside a CPU loop at SCHED_IDLE outside authd, to compare with the
 # login phase's flood; needs the transport phase's tokens), floor (Validate against a plain tonic
 # server answering a fixed ValidateResponse, examples/validate_floor.rs, and against the health
-# check, with server CPU per call, authd with tracing off and on but sampled out: each pair
-# loaded at the same moment), ab (not by default: two builds of authd, this one and the one in
+# check, with server CPU per call, authd with tracing off and on but sampled out, and the same
+# floor on authd's allocator, examples/validate_floor_mimalloc.rs: each pair loaded at the same
+# moment), ab (not by default: two builds of authd, this one and the one in
 # BENCH_AB_DIR, loaded side by side as the floor phase does, each as the other's reference).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
 # BENCH_BIN_DIR names a folder of prebuilt binaries to measure instead of building.
@@ -31,15 +32,17 @@ connections=${BENCH_CONNECTIONS:-4}
 # The floor and ab phases' Validate rotates through this many of the 10,000 sessions' tokens.
 floor_tokens=${BENCH_TOKENS:-10000}
 
-# BENCH_BIN_DIR: binaries built before (authd, load, validate_floor), for A/B runs of two builds.
+# BENCH_BIN_DIR: binaries built before (authd, load, validate_floor, validate_floor_mimalloc,
+# otlp_sink), for A/B runs of two builds.
 if [[ -n ${BENCH_BIN_DIR:-} ]]; then
   bin=$BENCH_BIN_DIR authd=$bin/authd load_bin=$bin/load floor_bin=$bin/validate_floor
-  sink_bin=$bin/otlp_sink
+  floor_mimalloc_bin=$bin/validate_floor_mimalloc sink_bin=$bin/otlp_sink
 else
   cargo build --release --quiet --bin authd --example load --example validate_floor \
-    --example otlp_sink
+    --example validate_floor_mimalloc --example otlp_sink
   authd=target/release/authd load_bin=target/release/examples/load
   floor_bin=target/release/examples/validate_floor sink_bin=target/release/examples/otlp_sink
+  floor_mimalloc_bin=target/release/examples/validate_floor_mimalloc
 fi
 load() { "$load_bin" --target "http://$AUTH_LISTEN" --accounts "$accounts" "$@"; }
 work=$(mktemp -d)
@@ -147,7 +150,7 @@ prepare_tokens() {
 # of the database); each round then loads every pair side by side: the subject and the
 # reference it is judged against, at the same moments of this shared host. The targets are
 # judged on the median of the per-round ratios.
-serve_floor() { "${on_server_cpu[@]}" "$floor_bin" "$1" & }
+serve_floor() { "${on_server_cpu[@]}" "${2:-$floor_bin}" "$1" & } # address [binary]
 serve_authd() { # port offset, env...; $authd_bin, if set, is the binary to serve
   local offset=$1 database=() file; shift
   if [[ $backend == sqlite ]]; then # PostgreSQL: one database serves them all
@@ -229,6 +232,9 @@ for phase in $phases; do
     collector_up=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4319 OTEL_TRACES_SAMPLER=always_on)
     collector_down=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 OTEL_TRACES_SAMPLER=always_on)
     serve_floor 127.0.0.1:50072; floor=$!
+    # The same floor on authd's allocator: how much of authd's standing against the floor is
+    # the allocator's.
+    serve_floor 127.0.0.1:50073 "$floor_mimalloc_bin"; floor_mimalloc=$!
     serve_authd 1; off=$!
     serve_authd 2 "${sampled_out[@]}"; sampled=$!
     serve_authd 3 "${collector_up[@]}"; traced_up=$!
@@ -236,6 +242,7 @@ for phase in $phases; do
     serve_authd 5; health=$!
     declare -A servers=(
       [floor]="floor $floor 127.0.0.1:50072 validate"
+      [floor_mimalloc]="floor_mimalloc $floor_mimalloc 127.0.0.1:50073 validate"
       [health]="health $health 127.0.0.1:50085 health"
       [off]="off $off 127.0.0.1:50081 validate"
       [sampled_out]="sampled_out $sampled 127.0.0.1:50082 validate"
@@ -243,11 +250,13 @@ for phase in $phases; do
       [traced_collector_down]="traced_collector_down $traced_down 127.0.0.1:50084 validate")
     # Reference, then subject.
     pairs=("floor off" "floor sampled_out" "health off" "health sampled_out" "health floor"
+      "floor_mimalloc off" "floor floor_mimalloc"
       "floor traced_collector_up" "floor traced_collector_down")
-    wait_for 127.0.0.1:50072 127.0.0.1:5008{1,2,3,4,5}
+    wait_for 127.0.0.1:5007{2,3} 127.0.0.1:5008{1,2,3,4,5}
     pairs_side_by_side
-    kill "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink"
-    wait "$floor" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink" 2>/dev/null || true ;;
+    kill "$floor" "$floor_mimalloc" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink"
+    wait "$floor" "$floor_mimalloc" "$off" "$sampled" "$traced_up" "$traced_down" "$health" \
+      "$sink" 2>/dev/null || true ;;
   ab)
     [[ -n ${BENCH_AB_DIR:-} ]] || { echo "the ab phase needs BENCH_AB_DIR: the other build's authd" >&2; exit 2; }
     prepare_tokens

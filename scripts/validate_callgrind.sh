@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Instructions per Validate, counted by callgrind (repeatable where wall time is not): authd with
-# tracing off and on but sampled out, and the floor (examples/validate_floor.rs), each under
-# valgrind, counting only while the load runs.
+# tracing off and on but sampled out, and the floor (examples/validate_floor.rs, and on authd's
+# allocator validate_floor_mimalloc.rs), each under valgrind, counting only while the load runs.
 #
 #   scripts/validate_callgrind.sh [seconds]
 #
-# BENCH_BIN_DIR names a folder of prebuilt binaries (authd, load, validate_floor) to measure.
+# BENCH_BIN_DIR names a folder of prebuilt binaries (authd, load, validate_floor,
+# validate_floor_mimalloc) to measure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
 if [[ -n ${BENCH_BIN_DIR:-} ]]; then
   bin=$BENCH_BIN_DIR authd=$bin/authd load_bin=$bin/load floor_bin=$bin/validate_floor
+  floor_mimalloc_bin=$bin/validate_floor_mimalloc
 else
-  cargo build --release --quiet --bin authd --example load --example validate_floor
+  cargo build --release --quiet --bin authd --example load --example validate_floor \
+    --example validate_floor_mimalloc
   authd=target/release/authd load_bin=target/release/examples/load
   floor_bin=target/release/examples/validate_floor
+  floor_mimalloc_bin=target/release/examples/validate_floor_mimalloc
 fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -69,6 +73,7 @@ measure() { # label, address, [VAR=value...] binary args...: VAR=value pairs set
 
 echo "# instructions per Validate under callgrind, $(date -u +%F), commit $(git rev-parse --short HEAD)"
 measure "floor" 127.0.0.1:50074 "$floor_bin" 127.0.0.1:50074
+measure "floor on mimalloc" 127.0.0.1:50074 "$floor_mimalloc_bin" 127.0.0.1:50074
 measure "authd, tracing off" "$AUTH_LISTEN" "$authd" serve
 measure "authd, tracing sampled out" "$AUTH_LISTEN" OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
   OTEL_TRACES_SAMPLER=parentbased_always_off "$authd" serve
