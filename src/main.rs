@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc: a Validate costs about 5% less server CPU than on glibc's allocator (every call
 /// allocates its HTTP/2 stream, headers and messages; BENCHMARKS.md). Built to commit its
-/// arenas' memory as it is used (`.cargo/config.toml`), so that idle memory stays as small.
+/// arenas' memory as it is used (`.cargo/config.toml`): 45 MiB at idle, where glibc holds 43.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
