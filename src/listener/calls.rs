@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -65,9 +65,15 @@ impl Calls {
         self.reader.wake();
     }
 
-    /// Whether the connection was severed; otherwise the reader is woken when it is.
-    pub(super) fn poll_severed(&self, cx: &Context<'_>) -> bool {
-        self.reader.register(cx.waker());
+    /// Wakes `reader` when the connection is severed. It stays registered until then, so a
+    /// reader registers once, and again only when another task reads.
+    pub(super) fn wake_on_sever(&self, reader: &Waker) {
+        self.reader.register(reader);
+    }
+
+    /// Whether the connection was severed: checked after [`Calls::wake_on_sever`], so that a
+    /// sever in between still wakes the reader.
+    pub(super) fn is_severed(&self) -> bool {
         self.severed.load(Ordering::Acquire)
     }
 

@@ -36,6 +36,10 @@ pub struct BoundedStream {
     opening: Option<Opening>,
     idle: Idle,
     info: ConnectionInfo,
+    /// The task that reads this connection, as last registered with the idle timer and with
+    /// [`Calls::sever`]: until it changes, neither needs registering again (and a busy
+    /// connection's reads come up empty thousands of times a second).
+    reader: Option<std::task::Waker>,
 }
 
 impl BoundedStream {
@@ -56,6 +60,7 @@ impl BoundedStream {
                 peer,
                 calls: Arc::default(),
             },
+            reader: None,
         }
     }
 
@@ -89,13 +94,25 @@ impl AsyncRead for BoundedStream {
                     "the peer sent no complete request within the handshake timeout",
                 )));
             }
-            if this.idle.poll_expired(&this.info.calls, cx).is_ready() {
+            let registered = this
+                .reader
+                .as_ref()
+                .is_some_and(|reader| reader.will_wake(cx.waker()));
+            if !registered {
+                this.info.calls.wake_on_sever(cx.waker());
+                this.reader = Some(cx.waker().clone());
+            }
+            if this
+                .idle
+                .poll_expired(&this.info.calls, cx, registered)
+                .is_ready()
+            {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the connection was idle for the idle timeout",
                 )));
             }
-            if this.info.calls.poll_severed(cx) {
+            if this.info.calls.is_severed() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the server cut the connection of a peer that stopped reading",
@@ -216,9 +233,6 @@ impl Opening {
 struct Idle {
     timeout: Duration,
     timer: Pin<Box<Sleep>>,
-    /// The task the timer wakes, once it has been polled: until it fires, polling it again
-    /// for the same task changes nothing (and a busy connection reads often).
-    registered: Option<std::task::Waker>,
 }
 
 impl Idle {
@@ -228,20 +242,15 @@ impl Idle {
         Self {
             timeout,
             timer: Box::pin(tokio::time::sleep(timeout)),
-            registered: None,
         }
     }
 
-    /// Ready once the connection has been idle for the whole timeout.
-    fn poll_expired(&mut self, calls: &Calls, cx: &mut Context<'_>) -> Poll<()> {
-        let same_task = self
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()));
-        if same_task && !self.timer.is_elapsed() {
+    /// Ready once the connection has been idle for the whole timeout. `registered`: the timer
+    /// was last polled by this task, so until it fires, polling it again changes nothing.
+    fn poll_expired(&mut self, calls: &Calls, cx: &mut Context<'_>, registered: bool) -> Poll<()> {
+        if registered && !self.timer.is_elapsed() {
             return Poll::Pending;
         }
-        self.registered = Some(cx.waker().clone());
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let due = match calls.idle_since() {
