@@ -21,7 +21,6 @@ use std::{
     time::Instant,
 };
 
-use metrics::Counter;
 use prost::Message as _;
 use tonic::{Code, body::Body, codegen::http};
 use tracing::Span;
@@ -119,7 +118,7 @@ struct Method {
     span_name: String,
     /// Whether the server answers with a stream: the call then finishes at its trailers.
     streaming: bool,
-    by_code: [OnceLock<(Counter, Arc<crate::metrics::Latency>)>; 17],
+    by_code: [OnceLock<Arc<crate::metrics::Latency>>; 17],
 }
 
 impl Method {
@@ -135,11 +134,9 @@ impl Method {
 
     /// Logs, counts and times one finished call, and closes its span with its status.
     fn finish(&self, code: Code, elapsed: std::time::Duration, span: &Span) {
-        let (calls, latency) = self.by_code[code as usize].get_or_init(|| {
-            crate::metrics::rpc_handles(Arc::clone(&self.service), Arc::clone(&self.name), code)
-        });
-        calls.increment(1);
-        latency.record(elapsed);
+        self.by_code[code as usize]
+            .get_or_init(|| crate::metrics::rpc_calls(&self.service, &self.name, code))
+            .record(elapsed);
         tracing::info!(
             service = &*self.service,
             method = &*self.name,

@@ -1,6 +1,7 @@
 //! Prometheus metrics: every name authd exports is defined here, recorded through the
 //! `metrics` facade and rendered at `GET /metrics` by metrics-exporter-prometheus, but for
-//! the per-call latency histogram, which is cheaper counted by authd itself ([`Latency`]).
+//! the per-call counter and latency histogram, which are cheaper counted by authd itself
+//! ([`Latency`]).
 
 mod latency;
 
@@ -11,13 +12,9 @@ use std::{
     time::Duration,
 };
 
-use metrics::{
-    Counter, Label, SharedString, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
-};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-const RPC_REQUESTS: &str = "authd_rpc_requests_total";
 const LOGIN_FAILURES: &str = "authd_login_failures_total";
 const LOGIN_THROTTLED: &str = "authd_login_throttled_total";
 const REFRESH_REUSE: &str = "authd_refresh_token_reuse_total";
@@ -65,10 +62,6 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 }
 
 fn describe() {
-    describe_counter!(
-        RPC_REQUESTS,
-        "gRPC calls (AuthService, health, reflection), by service, method and status code."
-    );
     describe_counter!(
         TRACE_SPANS_DROPPED,
         "Trace spans dropped instead of exported: queue_full (the exporter fell behind) or \
@@ -152,20 +145,10 @@ pub fn render(handle: &PrometheusHandle) -> String {
     scrape
 }
 
-/// The call counter and latency histogram of one gRPC method and status code. Handles are
-/// kept by the caller, so that a call costs a few atomic additions and no lookup.
-pub fn rpc_handles(
-    service: Arc<str>,
-    method: Arc<str>,
-    code: tonic::Code,
-) -> (Counter, Arc<Latency>) {
-    let latency = latency::series(&service, &method, code_label(code));
-    let labels = [
-        Label::new("service", SharedString::from(service)),
-        Label::new("method", SharedString::from(method)),
-        Label::new("code", code_label(code)),
-    ];
-    (counter!(RPC_REQUESTS, labels.iter()), latency)
+/// The calls of one gRPC method and status code: counted, with their latency, by one
+/// handle that the caller keeps, so that a call costs two atomic additions and no lookup.
+pub fn rpc_calls(service: &str, method: &str, code: tonic::Code) -> Arc<Latency> {
+    latency::series(service, method, code_label(code))
 }
 
 /// `count` spans dropped instead of exported, for `reason` (`queue_full`, `export_failed`).
