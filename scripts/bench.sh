@@ -12,8 +12,10 @@
 # server answering a fixed ValidateResponse, examples/validate_floor.rs, and against the health
 # check, with server CPU per call, authd with tracing off and on but sampled out, and the same
 # floor on authd's allocator, examples/validate_floor_mimalloc.rs: each pair loaded at the same
-# moment), ab (not by default: two builds of authd, this one and the one in
-# BENCH_AB_DIR, loaded side by side as the floor phase does, each as the other's reference).
+# moment; it then says whether each of issue 16's targets holds, and a missed one makes the
+# script exit 1 once every phase has run), ab (not by default: two builds of authd, this one
+# and the one in BENCH_AB_DIR, loaded side by side as the floor phase does, each as the
+# other's reference).
 # BENCH_RUNS (3) runs of BENCH_DURATION (10s) each; the load generator runs beside the server.
 # BENCH_BIN_DIR names a folder of prebuilt binaries to measure instead of building.
 # BENCH_PIN=1 runs the servers on CPU 0 and the load generator on CPU 1 (taskset), so that
@@ -204,6 +206,34 @@ pairs_side_by_side() {
       }
     }' "$work/floor.log"
 }
+# Issue 16's targets for Validate, judged on the floor phase's medians: subject, reference,
+# the least throughput ratio and the most server CPU per call ratio ("-": none).
+floor_targets=("off floor 0.95 1.1" "sampled_out floor 0.95 1.1" "off health 0.9 -"
+  "sampled_out health 0.9 -")
+missed=0
+judge() { # the medians printed by pairs_side_by_side, then targets as in floor_targets
+  local medians=$1 target subject reference least most line throughput cpu bounds; shift
+  for target in "$@"; do
+    read -r subject reference least most <<<"$target"
+    bounds="throughput at least $least"
+    [[ $most == - ]] || bounds+=", CPU at most $most"
+    line=$(grep "^$subject against $reference, medians:" "$medians" || true)
+    if [[ -z $line ]]; then
+      echo "TARGET NOT MEASURED: $subject against $reference"
+      missed=1
+      continue
+    fi
+    throughput=$(sed -E 's/.*throughput ([0-9.]+),.*/\1/' <<<"$line")
+    cpu=$(sed -E 's/.*per call ([0-9.]+)$/\1/' <<<"$line")
+    if awk -v t="$throughput" -v c="$cpu" -v l="$least" -v m="$most" \
+      'BEGIN { exit !(t >= l && (m == "-" || c <= m)) }'; then
+      echo "target holds: $subject against $reference: throughput $throughput, CPU $cpu ($bounds)"
+    else
+      echo "TARGET MISSED: $subject against $reference: throughput $throughput, CPU $cpu ($bounds)"
+      missed=1
+    fi
+  done
+}
 echo "# authd end-to-end benchmarks: $backend, $(nproc) cores, $(date -u +%F), commit $(git rev-parse --short HEAD)"
 for phase in $phases; do
   case $phase in
@@ -253,7 +283,8 @@ for phase in $phases; do
       "floor_mimalloc off" "floor floor_mimalloc"
       "floor traced_collector_up" "floor traced_collector_down")
     wait_for 127.0.0.1:5007{2,3} 127.0.0.1:5008{1,2,3,4,5}
-    pairs_side_by_side
+    pairs_side_by_side | tee "$work/medians"
+    judge "$work/medians" "${floor_targets[@]}"
     kill "$floor" "$floor_mimalloc" "$off" "$sampled" "$traced_up" "$traced_down" "$health" "$sink"
     wait "$floor" "$floor_mimalloc" "$off" "$sampled" "$traced_up" "$traced_down" "$health" \
       "$sink" 2>/dev/null || true ;;
@@ -358,3 +389,5 @@ FROM ended e, (SELECT * FROM refresh_tokens LIMIT 1) AS r" ;;
     psql -qh 127.0.0.1 -U postgres -c "DROP DATABASE ${db}_pgbench WITH (FORCE)" >/dev/null ;;
   esac
 done
+# A missed target fails the run, once every phase has printed its figures.
+exit "$missed"
