@@ -37,7 +37,7 @@ pub struct BoundedStream {
     idle: Idle,
     info: ConnectionInfo,
     /// The task that reads this connection, as last registered with the idle timer and with
-    /// [`Calls::sever`]: until it changes, neither needs registering again (and a busy
+    /// [`Calls::wake_on_sever`]: until it changes, neither needs registering again (and a busy
     /// connection's reads come up empty thousands of times a second).
     reader: Option<std::task::Waker>,
 }
