@@ -46,16 +46,33 @@ impl Latency {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// The calls counted so far.
+    /// The counts as they stand, read once for a scrape.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            buckets: self
+                .buckets
+                .each_ref()
+                .map(|bucket| bucket.load(Ordering::Relaxed)),
+            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One series' counts as one scrape renders them: the call counter and the histogram's count
+/// come from the same reading, so that they agree.
+struct Snapshot {
+    buckets: [u64; BUCKETS.len() + 1],
+    sum_nanos: u64,
+}
+
+impl Snapshot {
+    /// The calls counted.
     fn calls(&self) -> u64 {
-        self.buckets
-            .iter()
-            .map(|bucket| bucket.load(Ordering::Relaxed))
-            .sum()
+        self.buckets.iter().sum()
     }
 
-    /// Appends this series to a scrape: its cumulative buckets, then sum and count. The
-    /// count is the buckets' total as read, so that it always equals the `+Inf` bucket.
+    /// Appends this series' histogram to a scrape: its cumulative buckets, then sum and
+    /// count. The count is the buckets' total, so that it always equals the `+Inf` bucket.
     fn render(&self, labels: &str, out: &mut String) {
         let mut cumulative = 0;
         for (bucket, bound) in self
@@ -63,7 +80,7 @@ impl Latency {
             .iter()
             .zip(BUCKETS.iter().map(Some).chain([None]))
         {
-            cumulative += bucket.load(Ordering::Relaxed);
+            cumulative += bucket;
             let _ = match bound {
                 Some(bound) => {
                     writeln!(out, "{NAME}_bucket{{{labels},le=\"{bound}\"}} {cumulative}")
@@ -71,7 +88,7 @@ impl Latency {
                 None => writeln!(out, "{NAME}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"),
             };
         }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum_nanos as f64 / 1e9;
         let _ = writeln!(out, "{NAME}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{NAME}_count{{{labels}}} {cumulative}");
     }
@@ -99,19 +116,23 @@ pub(super) fn render(out: &mut String) {
     if series.is_empty() {
         return;
     }
+    let snapshots: Vec<_> = series
+        .iter()
+        .map(|(labels, latency)| (labels, latency.snapshot()))
+        .collect();
     let _ = writeln!(
         out,
         "# HELP {CALLS} gRPC calls (AuthService, health, reflection), by service, method and status code.\n# TYPE {CALLS} counter"
     );
-    for (labels, latency) in series.iter() {
-        let _ = writeln!(out, "{CALLS}{{{labels}}} {}", latency.calls());
+    for (labels, snapshot) in &snapshots {
+        let _ = writeln!(out, "{CALLS}{{{labels}}} {}", snapshot.calls());
     }
     let _ = writeln!(
         out,
         "# HELP {NAME} gRPC call latency, by service, method and status code.\n# TYPE {NAME} histogram"
     );
-    for (labels, latency) in series.iter() {
-        latency.render(labels, out);
+    for (labels, snapshot) in &snapshots {
+        snapshot.render(labels, out);
     }
 }
 
@@ -130,7 +151,7 @@ mod tests {
     /// The lines of `latency`'s series under `labels`.
     fn rendered(latency: &Latency, labels: &str) -> Vec<String> {
         let mut out = String::new();
-        latency.render(labels, &mut out);
+        latency.snapshot().render(labels, &mut out);
         out.lines().map(str::to_owned).collect()
     }
 
